@@ -1,0 +1,167 @@
+"""The backend contract: how a Launch becomes a running distributed job and an outcome.
+
+A backend knows launches, never case kinds. Life of a launch::
+
+    render(launch)  -> Rendered      pure; what --dry-run prints (command line, sbatch
+                                     script, manifests); starts and writes nothing
+    submit(launch)  -> Handle        starts the job; the results dir already holds launch.json
+    poll(handles)   -> {id: JobState} ONE batched status call for every in-flight job
+    cancel(handle, reason)           stop it (time limit, Ctrl-C, -x); must leave nothing running
+    collect(handle) -> LaunchOutcome classify the finished job: COMPLETED / ERROR / TIMEOUT / INFRA
+
+The runner owns time limits: at ``launch.timeout`` it calls ``cancel(handle, "timeout")``
+and keeps polling until the job is gone. ``collect`` should read the results dir's
+completion records (``runner.backend.outcome_from_records`` does the common part) and only
+add what the scheduler knows (node failures, preemption, evictions -> INFRA).
+"""
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+from runner.model import Launch, LaunchOutcome, Outcome
+from runner.results import ResultsDir
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What a backend would submit: a title line and the text (command, script, manifests)."""
+
+    launch: Launch
+    text: str
+    files: Mapping[str, str] = field(default_factory=dict)   # name -> content (sbatch script, YAML)
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Handle:
+    """A submitted job. ``id`` is the backend's id (pid, Slurm job id, Job name)."""
+
+    id: str
+    launch: Launch
+    submitted_at: float
+    data: dict[str, Any] = field(default_factory=dict)   # backend-private state
+    cancel_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class JobState:
+    done: bool
+    state: str = ""              # backend's words: RUNNING, PENDING, COMPLETED, NODE_FAIL, ...
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much one backend can run at once (None: unlimited, the cluster queues)."""
+
+    cpus: int | None = None
+    gpus: int | None = None
+
+
+class Backend(abc.ABC):
+    #: static id used in ``--backend ID`` and specs
+    id: ClassVar[str]
+    #: one line for ``runner plugins``
+    description: ClassVar[str] = ""
+    #: seconds between batched polls
+    poll_interval: ClassVar[float] = 0.5
+    #: option name -> one-line help; unknown ``--backend-opt`` keys are usage errors
+    options: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, options: Mapping[str, str] | None = None) -> None:
+        self.opts: dict[str, str] = dict(options or {})
+
+    def check(self) -> None:
+        """Raise UsageError when the backend cannot work here (tools missing, bad options)."""
+
+    def capacity(self) -> Capacity:
+        return Capacity()
+
+    @abc.abstractmethod
+    def render(self, launch: Launch) -> Rendered: ...
+
+    @abc.abstractmethod
+    def submit(self, launch: Launch) -> Handle: ...
+
+    @abc.abstractmethod
+    def poll(self, handles: Sequence[Handle]) -> Mapping[str, JobState]: ...
+
+    @abc.abstractmethod
+    def cancel(self, handle: Handle, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    def collect(self, handle: Handle) -> LaunchOutcome: ...
+
+    def close(self) -> None:
+        """Called once at the end of a session (stop helpers, close clients)."""
+
+
+_JOB_NAME_RE = re.compile(r"[^a-z0-9-]+")
+
+
+def job_name(case_id: str, launch_name: str, max_len: int = 63) -> str:
+    """A DNS-1123 label (valid as a Slurm job name and a Kubernetes name) from a case id."""
+    base = case_id.rsplit("::", 1)[-1]
+    raw = f"{base}-{launch_name}".lower()
+    name = _JOB_NAME_RE.sub("-", raw).strip("-")
+    name = re.sub(r"-{2,}", "-", name) or "case"
+    if not name[0].isalpha():
+        name = "c-" + name
+    if len(name) > max_len:
+        import hashlib
+
+        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
+        name = name[: max_len - 9].rstrip("-") + "-" + digest
+    return name
+
+
+def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: float,
+                         cancel_reason: str | None = None, infra_reason: str | None = None,
+                         attempts: int = 1) -> LaunchOutcome:
+    """Classify a finished launch from its completion records.
+
+    Precedence: cancelled for timeout -> TIMEOUT; Ctrl-C -> INTERRUPTED; a rank's error
+    record -> ERROR (that rank, its exception); all ranks ok -> COMPLETED (even if the
+    scheduler reports otherwise); infra_reason -> INFRA; missing records -> ERROR with the
+    exit code.
+    """
+    rd = ResultsDir(launch.results_dir)
+    records = rd.completion_records()
+    world = launch.world_size
+    if cancel_reason == "timeout":
+        return LaunchOutcome(launch, Outcome.TIMEOUT, f"time limit of {launch.timeout:g}s reached; job cancelled",
+                             exit_code=exit_code, duration=duration, attempts=attempts)
+    if cancel_reason == "interrupt":
+        return LaunchOutcome(launch, Outcome.INTERRUPTED, "interrupted", exit_code=exit_code,
+                             duration=duration, attempts=attempts)
+    errors = sorted(r for r, rec in records.items() if rec.get("status") != "ok")
+    if errors:
+        rank = errors[0]
+        exc = records[rank].get("exception") or "failed"
+        return LaunchOutcome(launch, Outcome.ERROR, f"rank {rank}: {exc}", exit_code=exit_code,
+                             failed_rank=rank, log_tail=rd.log_tail(rank), duration=duration,
+                             attempts=attempts)
+    if len(records) == world and all(rec.get("status") == "ok" for rec in records.values()):
+        return LaunchOutcome(launch, Outcome.COMPLETED, "", exit_code=exit_code, duration=duration,
+                             attempts=attempts)
+    if infra_reason:
+        return LaunchOutcome(launch, Outcome.INFRA, infra_reason, exit_code=exit_code,
+                             duration=duration, attempts=attempts)
+    missing = sorted(set(range(world)) - set(records))
+    rank = missing[0] if missing else None
+    tail_text = rd.log_tail(rank) if rank is not None else ""
+    if not tail_text:
+        for log in rd.iter_logs():
+            if log.name.startswith("launcher"):
+                from runner.results import tail
+
+                tail_text = tail(log)
+    detail = f"rank {rank} ended without a completion record" if rank is not None else "failed"
+    if exit_code not in (None, 0):
+        detail += f" (exit code {exit_code})"
+    return LaunchOutcome(launch, Outcome.ERROR, detail, exit_code=exit_code, failed_rank=rank,
+                         log_tail=tail_text, duration=duration, attempts=attempts)

@@ -1,0 +1,165 @@
+"""The results directory of one launch: layout, writers used by ranks, readers used by the runner.
+
+Layout (everything below ``<results_dir>``)::
+
+    launch.json                 the Launch record the workers read back
+    logs/rank{R}.log            stdout+stderr of rank R (the worker redirects its fds here)
+    logs/launcher*.log          what the launcher itself printed (torchrun agents, sbatch, pods)
+    done/rank{R}.json           completion record of rank R: {"status": "ok"|"error", ...}
+    metrics/rank{R}.jsonl       per-step metrics: {"step": N, "<metric>": value, ...}
+    tensorboard/                TensorBoard event files (optional)
+    captures/{name}/rank{R}.pt  tensor captures: a flat dict[str, Tensor] per rank
+    info/rank{R}.json           free-form facts a rank records (timings, fingerprints)
+
+This record, not the scheduler's accounting, decides pass/fail. Readers here do not import
+torch unless a capture is loaded.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
+    """Write JSON via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=indent, allow_nan=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class ResultsDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    # -- layout -------------------------------------------------------------------------
+    @property
+    def launch_file(self) -> Path:
+        return self.path / "launch.json"
+
+    def log_file(self, rank: int) -> Path:
+        return self.path / "logs" / f"rank{rank}.log"
+
+    def done_file(self, rank: int) -> Path:
+        return self.path / "done" / f"rank{rank}.json"
+
+    def metrics_file(self, rank: int) -> Path:
+        return self.path / "metrics" / f"rank{rank}.jsonl"
+
+    def capture_file(self, name: str, rank: int) -> Path:
+        return self.path / "captures" / name / f"rank{rank}.pt"
+
+    def info_file(self, rank: int) -> Path:
+        return self.path / "info" / f"rank{rank}.json"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    # -- readers ------------------------------------------------------------------------
+    def completion_records(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        done = self.path / "done"
+        if not done.is_dir():
+            return out
+        for f in done.glob("rank*.json"):
+            try:
+                rank = int(f.stem[4:])
+                out[rank] = json.loads(f.read_text())
+            except (ValueError, json.JSONDecodeError):
+                continue
+        return out
+
+    def metrics(self) -> dict[str, dict[int, float]]:
+        """Merge every rank's metrics: metric -> step -> value (lowest rank wins a clash)."""
+        out: dict[str, dict[int, float]] = {}
+        mdir = self.path / "metrics"
+        if not mdir.is_dir():
+            return out
+        files = sorted(mdir.glob("rank*.jsonl"), key=lambda p: int(p.stem[4:]))
+        for f in files:
+            for line in f.read_text().splitlines():
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                step = rec.get("step")
+                if not isinstance(step, int):
+                    continue
+                for key, value in rec.items():
+                    if key == "step":
+                        continue
+                    if value is None:
+                        value = math.nan
+                    if isinstance(value, (int, float)):
+                        out.setdefault(key, {}).setdefault(step, float(value))
+        return out
+
+    def info(self) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        idir = self.path / "info"
+        if not idir.is_dir():
+            return out
+        for f in idir.glob("rank*.json"):
+            try:
+                out[int(f.stem[4:])] = json.loads(f.read_text())
+            except (ValueError, json.JSONDecodeError):
+                continue
+        return out
+
+    def capture_names(self) -> list[str]:
+        cdir = self.path / "captures"
+        return sorted(p.name for p in cdir.iterdir() if p.is_dir()) if cdir.is_dir() else []
+
+    def capture_ranks(self, name: str) -> list[int]:
+        cdir = self.path / "captures" / name
+        if not cdir.is_dir():
+            return []
+        return sorted(int(p.stem[4:]) for p in cdir.glob("rank*.pt"))
+
+    def load_capture(self, name: str, rank: int) -> dict[str, Any]:
+        import torch  # only when captures are compared
+
+        return torch.load(self.capture_file(name, rank), map_location="cpu", weights_only=True)
+
+    def log_tail(self, rank: int, lines: int = 20) -> str:
+        return tail(self.log_file(rank), lines)
+
+    def iter_logs(self) -> Iterator[Path]:
+        ldir = self.path / "logs"
+        if ldir.is_dir():
+            yield from sorted(ldir.glob("*.log"))
+
+
+def tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, allow_nan=True, separators=(",", ":"))

@@ -1,0 +1,90 @@
+"""In-rank entry point: ``python -m runner.worker <results_dir>/launch.json``.
+
+torchrun (or srun/pods via torchrun) starts this in every rank. It redirects the rank's
+stdout/stderr into ``logs/rank{R}.log``, calls the launch's entry function with a
+WorkerContext, and writes ``done/rank{R}.json`` either way: ``ok``, or ``error`` with the
+exception and traceback. A rank that dies without writing its record (killed, segfault) is
+seen by the runner as a missing record.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+import traceback
+
+from runner.results import write_json_atomic
+from runner.worker_api import WorkerContext, read_launch
+
+
+def _redirect_output(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+def resolve_entry(entry: str):
+    module_name, _, func_name = entry.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, func_name or "main")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m runner.worker RESULTS_DIR/launch.json", file=sys.stderr)
+        return 2
+    launch = read_launch(argv[0])
+    ctx = WorkerContext(launch)
+    if os.environ.get("RUNNER_WORKER_NO_REDIRECT") != "1":
+        _redirect_output(ctx.results.log_file(ctx.rank))
+    started = time.time()
+    record = {"rank": ctx.rank, "world_size": ctx.world_size, "host": ctx.host, "pid": os.getpid(),
+              "started": started}
+    code = 0
+    try:
+        fn = resolve_entry(launch.entry)
+        fn(ctx)
+        record["status"] = "ok"
+    except SystemExit as exc:  # a script calling sys.exit(n)
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        record["status"] = "ok" if status == 0 else "error"
+        if status:
+            record["exception"] = f"SystemExit({exc.code!r})"
+            record["traceback"] = ""
+            code = status
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes a record
+        record["status"] = "error"
+        record["exception"] = f"{type(exc).__name__}: {exc}".strip()
+        record["traceback"] = traceback.format_exc()
+        traceback.print_exc()
+        code = 1
+    finally:
+        ctx.close()
+    record["duration"] = time.time() - started
+    write_json_atomic(ctx.results.done_file(ctx.rank), record)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        # Skip interpreter teardown: a rank that failed while peers wait in a collective
+        # must not hang in process-group destructors.
+        os._exit(code)
+    try:
+        import torch.distributed as dist
+
+        if "torch" in sys.modules and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
