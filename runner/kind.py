@@ -41,6 +41,11 @@ class CaseKind(abc.ABC):
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: "CompareContext") -> Sequence[CheckResult]:
         """Checks over the finished launches' results dirs (all COMPLETED)."""
 
+    def golden_metrics(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Mapping[int, float]] | None:
+        """The metrics ``runner golden update`` records for this case (metric -> step -> value),
+        or None when the kind has no golden values."""
+        return None
+
     def info(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Any]:
         """Extra facts for the report (e.g. the overlapped/reference time ratio)."""
         return {}
