@@ -29,6 +29,9 @@ class CaseKind(abc.ABC):
     description: ClassVar[str] = ""
     #: JSON Schema (draft 2020-12) of the case's ``args``; unknown args are rejected
     args_schema: ClassVar[Mapping[str, Any]] = {"type": "object"}
+    #: True when cases of this kind compare with golden values (the runner then checks, at
+    #: collection, that each case's golden file exists and parses)
+    uses_golden: ClassVar[bool] = False
 
     def validate(self, case: Case) -> None:
         """Semantic checks beyond the schema; raise runner.errors.CaseError(key, message)."""
@@ -40,6 +43,14 @@ class CaseKind(abc.ABC):
     @abc.abstractmethod
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: "CompareContext") -> Sequence[CheckResult]:
         """Checks over the finished launches' results dirs (all COMPLETED)."""
+
+    def case_uses_golden(self, case: Case) -> bool:
+        """Whether this case compares with golden values (default: the kind's ``uses_golden``)."""
+        return self.uses_golden
+
+    def expected_steps(self, case: Case) -> tuple[int, int] | None:
+        """First and last step the case will log (checked against the golden's range), or None."""
+        return None
 
     def golden_metrics(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Mapping[int, float]] | None:
         """The metrics ``runner golden update`` records for this case (metric -> step -> value),

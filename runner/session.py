@@ -1,0 +1,167 @@
+"""A session: the plugins, the options, the collected cases and their launches.
+
+The data flow lives here in one direction: collect (spec -> Cases) -> plan (Case ->
+Launches) -> schedule (backend) -> decide (results dir -> CheckResults -> Verdict) -> report.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from runner.backend import job_name
+from runner.config import ProjectConfig
+from runner.errors import UsageError
+from runner.kind import CompareContext
+from runner.model import Case, Launch
+from runner.plugins import PluginManager
+from runner.select import compile_keyword
+from runner.spec.loader import SpecLoader
+
+
+@dataclass
+class Options:
+    paths: list[str] = field(default_factory=list)
+    keyword: str | None = None
+    backend: str = "local"
+    backend_opts: dict[str, str] = field(default_factory=dict)
+    platform: str | None = None
+    dry_run: bool = False
+    jobs: int | None = None
+    results_dir: str | None = None
+    json_path: str | None = None
+    junit_path: str | None = None
+    exitfirst: bool = False
+    golden_dir: str | None = None
+    environment: str = "dev"
+    plugins: list[str] = field(default_factory=list)
+    verbose: int = 0
+    allow_missing_golden: bool = False
+
+
+class Session:
+    def __init__(self, options: Options, plugins: PluginManager, config: ProjectConfig) -> None:
+        from runner.platform import detect_platform
+
+        self.options = options
+        self.plugins = plugins
+        self.config = config
+        self.platform = options.platform or detect_platform()
+        self.root = config.root
+        self.golden_root = Path(options.golden_dir or config.get("golden_dir", "golden"))
+        if not self.golden_root.is_absolute():
+            self.golden_root = self.root / self.golden_root
+        self.started = time.time()
+        self._results_root: Path | None = None
+
+    # -- collect --------------------------------------------------------------------------------
+    def collect(self) -> list[Case]:
+        loader = SpecLoader(self.plugins, self.platform, root=self.root)
+        cases = loader.load_paths(self.options.paths)
+        if self.options.keyword:
+            match = compile_keyword(self.options.keyword)
+            cases = [c for c in cases if match(c)]
+        self.plugins.hook.runner_collect_modifycases(session=self, cases=cases)
+        return cases
+
+    def check_goldens(self, cases: Sequence[Case]) -> None:
+        """Every case of a golden-using kind must have a readable golden with the right range."""
+        from runner.compare.golden import golden_path_for, load_golden
+
+        for case in cases:
+            kind = self.plugins.kind(case.kind)
+            if not kind.case_uses_golden(case) or case.skip:
+                continue
+            path = golden_path_for(case, self.golden_root, self.environment_for(case))
+            if not path.is_file():
+                if self.options.allow_missing_golden:
+                    continue
+                raise UsageError(f"{case.id}: golden file not found: {_rel(path)} "
+                                 f"(create it with `runner golden update {case.spec_file} -k {case.name}`)")
+            golden = load_golden(path)
+            expected = kind.expected_steps(case)
+            if expected and not self.options.allow_missing_golden:
+                lo, hi = golden.step_range()
+                if (lo, hi) != tuple(expected):
+                    raise UsageError(f"{case.id}: golden file {_rel(path)} covers steps {lo}..{hi}, "
+                                     f"the case runs steps {expected[0]}..{expected[1]}")
+
+    def environment_for(self, case: Case) -> str:
+        return (case.golden or {}).get("environment", self.options.environment)
+
+    # -- plan -----------------------------------------------------------------------------------
+    @property
+    def results_root(self) -> Path:
+        if self._results_root is None:
+            if self.options.results_dir:
+                root = Path(self.options.results_dir)
+            elif self.config.get("results_dir"):
+                root = Path(self.config.get("results_dir")) / time.strftime("run-%Y%m%d-%H%M%S")
+            else:
+                root = self.root / "runner-results" / time.strftime("run-%Y%m%d-%H%M%S")
+            self._results_root = root.resolve()
+        return self._results_root
+
+    def ensure_results_root(self) -> Path:
+        root = self.results_root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(f"results dir {root} is not writable: {exc.strerror or exc}") from None
+        return root
+
+    def case_dir(self, case: Case) -> Path:
+        return self.results_root / case_dir_name(case)
+
+    def plan(self, case: Case) -> list[Launch]:
+        plans = self.plugins.hook.runner_plan_launches(case=case)
+        if plans is None:
+            plans = self.plugins.kind(case.kind).plan(case)
+        out = []
+        for p in plans:
+            env = {"RUNNER_CASE_ID": case.id, "RUNNER_LAUNCH": p.name}
+            env.update(case.env)
+            out.append(Launch(
+                case_id=case.id, name=p.name, kind=case.kind, entry=p.entry, args=dict(p.args),
+                nodes=case.resources.nodes, nproc_per_node=case.resources.nproc_per_node,
+                gpus_per_node=case.resources.gpus_per_node(self.platform), env=env,
+                timeout=case.timeout, results_dir=str(self.case_dir(case) / p.name),
+                job_name=job_name(case.id, p.name), platform=self.platform,
+            ))
+        return out
+
+    def compare_context(self, case: Case) -> CompareContext:
+        return CompareContext(golden_root=self.golden_root, platform=self.platform,
+                              environment=self.environment_for(case),
+                              allow_missing_golden=self.options.allow_missing_golden)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def case_dir_name(case: Case) -> str:
+    """A filesystem-safe, unique folder name for a case."""
+    safe = _UNSAFE.sub("_", case.name).strip("._")[:80] or "case"
+    digest = hashlib.sha1(case.id.encode()).hexdigest()[:8]
+    return f"{safe}-{digest}"
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def summarize(results: Sequence[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
+    return counts
