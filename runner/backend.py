@@ -138,7 +138,18 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
     if cancel_reason == "interrupt":
         return LaunchOutcome(launch, Outcome.INTERRUPTED, "interrupted", exit_code=exit_code,
                              duration=duration, attempts=attempts)
-    errors = sorted(r for r, rec in records.items() if rec.get("status") != "ok")
+    # the first rank to fail is the cause; the others usually fail in a collective after it.
+    # torchrun names the first observed failure; a rank that died without a record (os._exit,
+    # a signal, a segfault) is found that way.
+    root = torchrun_root_cause(rd)
+    if root is not None and records.get(root[0], {}).get("status") != "ok" and root[0] not in records:
+        rank, code = root
+        return LaunchOutcome(launch, Outcome.ERROR,
+                             f"rank {rank} exited with code {code} without a completion record",
+                             exit_code=code, failed_rank=rank, log_tail=rd.log_tail(rank), duration=duration,
+                             attempts=attempts)
+    errors = sorted((r for r, rec in records.items() if rec.get("status") != "ok"),
+                    key=lambda r: (records[r].get("finished", float("inf")), r))
     if errors:
         rank = errors[0]
         exc = records[rank].get("exception") or "failed"
@@ -165,3 +176,25 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
         detail += f" (exit code {exit_code})"
     return LaunchOutcome(launch, Outcome.ERROR, detail, exit_code=exit_code, failed_rank=rank,
                          log_tail=tail_text, duration=duration, attempts=attempts)
+
+
+_ROOT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)", re.M)
+_ROOT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)", re.M)
+
+
+def torchrun_root_cause(rd: ResultsDir) -> tuple[int, int] | None:
+    """(rank, exit code) of torchrun's "Root Cause (first observed failure)" in the launcher logs."""
+    from runner.results import tail
+
+    for log in rd.iter_logs():
+        if not log.name.startswith("launcher"):
+            continue
+        text = tail(log, lines=400, max_bytes=256 * 1024)
+        idx = text.rfind("Root Cause (first observed failure)")
+        if idx < 0:
+            continue
+        block = text[idx: idx + 2000]
+        m_rank, m_code = _ROOT_RANK.search(block), _ROOT_CODE.search(block)
+        if m_rank and m_code:
+            return int(m_rank.group(1)), int(m_code.group(1))
+    return None

@@ -237,7 +237,7 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
                 print(f"# {case.id} [{launch.name}] on {backend.id}")
                 print(rendered.text)
                 print()
-        print(f"{len(cases)} case{'s' if len(cases) != 1 else ''}; nothing was started (--dry-run)")
+        print(f"# {len(cases)} case{'s' if len(cases) != 1 else ''}; nothing was started (--dry-run)")
         return EXIT_OK
     backend.check()
     session.ensure_results_root()

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     finally:
         ctx.close()
-    record["duration"] = time.time() - started
+    record["finished"] = time.time()
+    record["duration"] = record["finished"] - started
     write_json_atomic(ctx.results.done_file(ctx.rank), record)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -327,21 +327,28 @@ def _result(cname: str, name: str, check: str, mism: list[StepMismatch], n: int,
 
 
 def steady_window(steps: Iterable[int], rule: Mapping[str, Any]) -> list[int]:
-    """Megatron's window: steps 5-20 when the run has <= 25 steps, else 30-45; step 1 never."""
-    steps = sorted(s for s in steps if s != 1)
+    """Megatron's window: steps 5-20 when the run has <= 25 steps, else 30-45; never the
+    first recorded step. Megatron's windows assume the series starts at step 1; a series that
+    starts later (a resumed run's golden: nan before the resume) gets the same window shifted
+    to its first recorded step, instead of an empty window and a nan median."""
+    steps = sorted(steps)
+    if not steps:
+        return []
+    first = steps[0]
     if "window" in rule:
         lo, hi = rule["window"]
-    elif (steps[-1] if steps else 0) <= 25:
-        lo, hi = 5, 20
-    else:
-        lo, hi = 30, 45
-    return [s for s in steps if lo <= s <= hi]
+        return [s for s in steps if lo <= s <= hi and s != first]
+    span = steps[-1] - first + 1
+    lo, hi = (5, 20) if span <= 25 else (30, 45)
+    offset = first - 1
+    return [s for s in steps if lo + offset <= s <= hi + offset and s != first]
 
 
 def _median_check(cname: str, name: str, expected: Mapping[int, float], actual: Mapping[int, float],
                   rule: Mapping[str, Any]) -> CheckResult:
     rtol = float(rule.get("rtol", 0.05))
-    win = [s for s in steady_window(expected, rule) if not math.isnan(expected[s])]
+    recorded = [s for s, v in expected.items() if not math.isnan(v)]
+    win = steady_window(recorded, rule)
     got = [actual[s] for s in win if s in actual and not math.isnan(actual[s])]
     if not win:
         return CheckResult(cname, False, f"{name} median: the golden has no steps in the steady window "

@@ -1,0 +1,62 @@
+"""A minimal third-party backend: every launch runs as `torchrun --standalone` (one node).
+
+It exists to prove the plugin API from the outside: installed as a package with an entry
+point in the `runner` group, it becomes usable as `--backend plainrun`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from runner.backend import Backend, Handle, JobState, Rendered, outcome_from_records
+from runner.hookspecs import hookimpl
+
+
+class PlainRunBackend(Backend):
+    id = "plainrun"
+    description = "torchrun --standalone, one node (a third-party example plugin)"
+    poll_interval = 0.2
+    options = {"marker": "a word written into the launcher log"}
+
+    def _cmd(self, launch):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", str(launch.nproc_per_node), *launch.worker_argv]
+
+    def render(self, launch):
+        return Rendered(launch, "PLAINRUN " + " ".join(self._cmd(launch)), command=tuple(self._cmd(launch)))
+
+    def submit(self, launch):
+        logs = Path(launch.results_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        out = open(logs / "launcher.log", "ab")
+        out.write(f"plainrun marker={self.opts.get('marker', '-')}\n".encode())
+        out.flush()
+        env = dict(os.environ, **launch.env, CUDA_VISIBLE_DEVICES="")
+        proc = subprocess.Popen(self._cmd(launch), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        return Handle(str(proc.pid), launch, time.monotonic(), {"proc": proc, "out": out})
+
+    def poll(self, handles):
+        return {h.id: JobState(h.data["proc"].poll() is not None) for h in handles}
+
+    def cancel(self, handle, reason):
+        handle.cancel_reason = reason
+        try:
+            os.killpg(handle.data["proc"].pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def collect(self, handle):
+        handle.data["out"].close()
+        return outcome_from_records(handle.launch, exit_code=handle.data["proc"].returncode,
+                                    duration=time.monotonic() - handle.submitted_at,
+                                    cancel_reason=handle.cancel_reason)
+
+
+@hookimpl
+def runner_register_backends(registry):
+    registry.add(PlainRunBackend)

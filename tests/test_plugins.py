@@ -1,0 +1,100 @@
+"""The plugin API from the outside: an installed package with an entry point adds a backend."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.errors import UsageError
+from runner.plugins import PluginManager
+
+PLUGIN_SRC = Path(__file__).parent / "plugins" / "runner-plainrun"
+
+SPEC = """
+cases:
+  - name: hello
+    kind: script
+    resources: {nproc_per_node: 2}
+    args: {script: hello.py, golden: false}
+"""
+HELLO = """
+import torch.distributed as dist
+dist.init_process_group("gloo")
+dist.barrier()
+print("hello from", dist.get_rank())
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory) -> Path:
+    """pip-install the example plugin package into a private target dir (a real install:
+    dist-info with entry_points.txt), used through PYTHONPATH."""
+    target = tmp_path_factory.mktemp("site")
+    build = tmp_path_factory.mktemp("build")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(PLUGIN_SRC)],
+                   check=True, capture_output=True, text=True, cwd=build)
+    assert list(target.glob("runner_plainrun-*.dist-info/entry_points.txt"))
+    return target
+
+
+def test_entry_point_backend_runs_a_case(runner_project, installed_plugin):
+    runner_project.write("specs/s.yaml", SPEC)
+    runner_project.write("specs/hello.py", HELLO)
+    plugins = runner_project.run("plugins", python_path=[str(installed_plugin)])
+    assert "plainrun" in plugins.stdout and "entry point (runner-plainrun)" in plugins.stdout, plugins
+    dry = runner_project.run("run", "specs", "--backend", "plainrun", "--dry-run", python_path=[str(installed_plugin)])
+    assert dry.exit_code == 0 and "PLAINRUN" in dry.stdout, dry
+    r = runner_project.run("run", "specs", "--backend", "plainrun", "--backend-opt", "marker=xyz",
+                           python_path=[str(installed_plugin)])
+    assert r.exit_code == 0, r
+    assert r.verdicts == {"hello": "PASSED"}
+    assert r.case("hello")["backend"] == "plainrun"
+    log = Path(r.case("hello")["launches"][0]["results_dir"]) / "logs" / "launcher.log"
+    assert "plainrun marker=xyz" in log.read_text()
+    # blocked by name: the backend disappears and using it is a usage error listing the known ids
+    blocked = runner_project.run("run", "specs", "--backend", "plainrun", "-p", "no:plainrun",
+                                 python_path=[str(installed_plugin)])
+    assert blocked.exit_code == 4 and "unknown backend 'plainrun'" in blocked.stderr
+
+
+def test_broken_plugin_is_reported_by_name(runner_project, tmp_path):
+    site = tmp_path / "site"
+    (site / "broken_plugin-1.0.dist-info").mkdir(parents=True)
+    (site / "broken_plugin-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (site / "broken_plugin-1.0.dist-info" / "entry_points.txt").write_text("[runner]\nbroken = broken_plugin\n")
+    (site / "broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
+    r = runner_project.run("plugins", python_path=[str(site)])
+    assert r.exit_code == 3
+    assert "broken" in r.stdout and "FAILED: ImportError: needs libfoo" in r.stdout
+    runner_project.write("specs/s.yaml", SPEC.replace("kind: script", "kind: broken"))
+    runner_project.write("specs/hello.py", HELLO)
+    r = runner_project.run("validate", "specs", python_path=[str(site)])
+    assert r.exit_code == 4 and "plugin 'broken' failed to load: ImportError: needs libfoo" in r.stderr
+
+
+def test_p_flag_loads_a_module_and_reports_failure(runner_project, tmp_path):
+    (tmp_path / "mykind_plugin.py").write_text(
+        "from runner.hookspecs import hookimpl\n"
+        "from runner.kinds.script import ScriptKind\n"
+        "class Mine(ScriptKind):\n    id = 'mine'\n"
+        "@hookimpl\ndef runner_register_kinds(registry):\n    registry.add(Mine)\n")
+    r = runner_project.run("plugins", "-p", "mykind_plugin", python_path=[str(tmp_path)])
+    assert r.exit_code == 0 and "mine" in r.stdout and "-p" in r.stdout, r
+    r = runner_project.run("plugins", "-p", "no_such_plugin_mod")
+    assert r.exit_code == 4 and "-p no_such_plugin_mod: plugin failed to load" in r.stderr
+
+
+def test_duplicate_ids_are_an_error():
+    from runner.backend import Backend
+
+    class Dup(Backend):
+        id = "local"
+
+    pm = PluginManager()
+    pm.load()
+    with pytest.raises(UsageError, match="registered twice"):
+        pm.backends.add(Dup)
