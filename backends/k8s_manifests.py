@@ -254,6 +254,8 @@ def rendezvous_host(name: str) -> str:
 def results_mount_path(launch: Launch, opts: KubernetesOptions) -> str:
     if opts.results_mount:
         return opts.results_mount
+    if launch.results_root:
+        return posixpath.normpath(launch.results_root)
     return posixpath.dirname(posixpath.dirname(posixpath.normpath(launch.results_dir))) or "/"
 
 

@@ -111,6 +111,7 @@ class Launch:
     results_dir: str             # absolute path, one per launch
     job_name: str                # sanitised, for schedulers: [a-z0-9-], <= 63 chars
     platform: str = "cpu"
+    results_root: str = ""       # the session's results root (the shared folder backends mount)
 
     @property
     def world_size(self) -> int:

@@ -134,6 +134,7 @@ class Session:
                 gpus_per_node=case.resources.gpus_per_node(self.platform), env=env,
                 timeout=case.timeout, results_dir=str(self.case_dir(case) / p.name),
                 job_name=job_name(case.id, p.name), platform=self.platform,
+                results_root=str(self.results_root),
             ))
         return out
 
