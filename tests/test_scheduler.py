@@ -1,0 +1,148 @@
+"""The scheduler: concurrency within capacity, never oversubscribing GPUs, -x, retries of INFRA."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.backend import Backend, Capacity, Handle, JobState, outcome_from_records
+from runner.config import ProjectConfig
+from runner.model import Verdict
+from runner.plugins import PluginManager
+from runner.scheduler import Scheduler
+from runner.session import Options, Session
+
+WORKER = textwrap.dedent('''
+    import json, os, sys, time
+    rd, rank, world, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    time.sleep(float(os.environ.get("SLEEP", "0.5")))
+    os.makedirs(os.path.join(rd, "done"), exist_ok=True)
+    status = "error" if mode == "fail" else "ok"
+    rec = {"rank": rank, "status": status, "exception": "RuntimeError: planted", "finished": time.time()}
+    json.dump(rec, open(os.path.join(rd, "done", f"rank{rank}.json"), "w"))
+''')
+
+
+class ProcessBackend(Backend):
+    """A real backend for scheduler tests: each rank is a plain subprocess (no torchrun), with a
+    GPU capacity to hand out, and an 'infra' mode that fails the first attempt like a lost node."""
+
+    id = "procs"
+    poll_interval = 0.05
+    log: list[tuple[str, float, float]] = []
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.gpus_in_use = 0
+        self.max_gpus_in_use = 0
+        self.polls: list[int] = []
+        self.infra_failed: set[str] = set()
+
+    def capacity(self):
+        return Capacity(cpus=int(self.opts.get("cpus", 8)), gpus=int(self.opts.get("gpus", 2)))
+
+    def render(self, launch):
+        raise NotImplementedError
+
+    def submit(self, launch):
+        mode = (launch.args.get("argv") or ["ok"])[0]
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, launch.results_dir, str(r), str(launch.world_size),
+                                   mode]) for r in range(launch.world_size)]
+        g = launch.gpus_per_node * launch.nodes
+        self.gpus_in_use += g
+        self.max_gpus_in_use = max(self.max_gpus_in_use, self.gpus_in_use)
+        return Handle(str(procs[0].pid), launch, time.monotonic(), {"procs": procs, "gpus": g, "mode": mode})
+
+    def poll(self, handles):
+        self.polls.append(len(handles))
+        return {h.id: JobState(all(p.poll() is not None for p in h.data["procs"])) for h in handles}
+
+    def cancel(self, handle, reason):
+        handle.cancel_reason = reason
+        for p in handle.data["procs"]:
+            p.kill()
+
+    def collect(self, handle):
+        self.gpus_in_use -= handle.data["gpus"]
+        ProcessBackend.log.append((handle.launch.case_id, handle.submitted_at, time.monotonic()))
+        infra = None
+        if handle.data["mode"] == "infra" and handle.launch.case_id not in self.infra_failed:
+            self.infra_failed.add(handle.launch.case_id)
+            import shutil
+            shutil.rmtree(Path(handle.launch.results_dir) / "done", ignore_errors=True)
+            infra = "node n2 failed (NODE_FAIL)"
+        return outcome_from_records(handle.launch, exit_code=0, duration=0.1, infra_reason=infra,
+                                    cancel_reason=handle.cancel_reason)
+
+
+def make_session(tmp_path: Path, spec: str, **opts) -> tuple[Session, list]:
+    (tmp_path / "specs").mkdir(exist_ok=True)
+    (tmp_path / "specs" / "x.py").write_text("")
+    (tmp_path / "specs" / "s.yaml").write_text(textwrap.dedent(spec))
+    pm = PluginManager()
+    pm.load()
+    options = Options(paths=[str(tmp_path / "specs")], results_dir=str(tmp_path / "results"),
+                      platform=opts.pop("platform", "cpu"), **opts)
+    session = Session(options, pm, ProjectConfig(tmp_path))
+    return session, session.collect()
+
+
+def test_gpus_never_oversubscribed_and_cases_overlap(tmp_path):
+    session, cases = make_session(tmp_path, """
+        defaults: {kind: script, resources: {nproc_per_node: 1, gpus: 1}, env: {SLEEP: "0.6"}}
+        cases:
+          - name: c{i}
+            matrix: {i: [1, 2, 3, 4, 5, 6]}
+            args: {script: x.py, golden: false}
+    """, platform="dgx_h100")
+    backend = ProcessBackend({"gpus": "2", "cpus": "16"})
+    t0 = time.monotonic()
+    results = Scheduler(session, backend).run(cases)
+    took = time.monotonic() - t0
+    assert [r.verdict for r in results] == [Verdict.PASSED] * 6
+    assert backend.max_gpus_in_use == 2               # never more than the machine has
+    assert took < 6 * 0.6                             # but they did run two at a time
+    assert max(backend.polls) == 2                    # one batched poll for all in flight
+
+
+def test_case_needing_more_gpus_than_exist_is_skipped(tmp_path):
+    session, cases = make_session(tmp_path, """
+        cases:
+          - {name: big, kind: script, resources: {nproc_per_node: 8, gpus: 8}, args: {script: x.py, golden: false}}
+    """, platform="dgx_h100")
+    results = Scheduler(session, ProcessBackend({"gpus": "2"})).run(cases)
+    assert results[0].verdict is Verdict.SKIPPED and "needs 8 GPUs, 2 available" in results[0].detail
+
+
+def test_exitfirst_stops_after_first_failure(tmp_path):
+    session, cases = make_session(tmp_path, """
+        defaults: {kind: script, resources: {nproc_per_node: 1}}
+        cases:
+          - {name: a_fail, args: {script: x.py, argv: [fail], golden: false}}
+          - {name: b, args: {script: x.py, golden: false}}
+          - {name: c, args: {script: x.py, golden: false}}
+    """)
+    results = Scheduler(session, ProcessBackend({"cpus": "1"}), exitfirst=True).run(cases)
+    verdicts = {r.case.name: r.verdict for r in results}
+    assert verdicts["a_fail"] is Verdict.ERROR
+    assert verdicts["b"] is Verdict.INTERRUPTED and verdicts["c"] is Verdict.INTERRUPTED
+
+
+@pytest.mark.parametrize("retries,expected", [(0, Verdict.INFRA), (1, Verdict.PASSED)])
+def test_infra_is_retried_per_case_retries(tmp_path, retries, expected):
+    session, cases = make_session(tmp_path, f"""
+        cases:
+          - {{name: flaky, kind: script, retries: {retries}, args: {{script: x.py, argv: [infra], golden: false}}}}
+    """)
+    results = Scheduler(session, ProcessBackend()).run(cases)
+    r = results[0]
+    assert r.verdict is expected, r.detail
+    if retries:
+        assert r.launches[0].attempts == 2
+        assert (Path(r.launches[0].launch.results_dir).parent / "main.attempt1").is_dir()   # nothing lost
+    else:
+        assert "NODE_FAIL" in r.detail
