@@ -205,6 +205,12 @@ class Scheduler:
     def _submit(self, run: _CaseRun) -> None:
         launch = run.launches[run.index]
         rdir = Path(launch.results_dir)
+        if run.attempt == 1 and rdir.exists() and any(rdir.iterdir()):
+            # an earlier session used the same results dir: keep its files, start clean
+            k = 1
+            while rdir.with_name(f"{rdir.name}.earlier{k}").exists():
+                k += 1
+            rdir.rename(rdir.with_name(f"{rdir.name}.earlier{k}"))
         rdir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(rdir / "launch.json", launch.to_json())
         run.handle = self.backend.submit(launch)

@@ -15,3 +15,6 @@ def megatron_cases() -> Path:
     if not MEGATRON_CASES.is_dir():
         pytest.fail(f"the shared Megatron test cases are missing: {MEGATRON_CASES}")
     return MEGATRON_CASES
+
+# the real Slurm cluster fixture (slurm_cluster), shared by the Slurm tests
+pytest_plugins = ["conftest_slurm"]

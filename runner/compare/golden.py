@@ -200,10 +200,12 @@ class NumberOperator(BaseOperator):
 
     def give_up_diffing(self, level, diff_instance) -> bool:
         expected, actual = float(level.t1), float(level.t2)
-        if self.decimals is not None and not math.isnan(actual):
-            actual_cmp = round(actual, self.decimals)
-        else:
-            actual_cmp = actual
+        actual_cmp = actual
+        if self.decimals is not None:   # Megatron's files: values rounded to 5 decimals
+            if not math.isnan(actual):
+                actual_cmp = round(actual, self.decimals)
+            if not math.isnan(expected):
+                expected = round(expected, self.decimals)
         if math.isnan(expected) and math.isnan(actual):
             return True
         if self.rtol == 0 and self.atol == 0:
