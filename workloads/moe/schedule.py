@@ -1,0 +1,367 @@
+"""Schedule nodes, the layer and chunk plans, and the overlapped 1F1B step.
+
+A node runs its own forward and backward: its inputs are detached into leaves, the outputs
+it returns are detached too (so autograd never crosses a node boundary), and its backward
+runs autograd from the stored outputs with the given output gradients, then releases the
+stored state. Communication nodes (dispatch, combine) launch all-to-alls asynchronously
+(``Communicator``) and return ``Pending`` results; the node that consumes a result waits
+for it — that wait is the only ordering inside a step.
+
+The step order (the contract, see DESIGN.md) for forward of microbatch i and backward of
+microbatch i-1::
+
+    b.combine.backward   f.pre_dispatch.forward   b.mlp.backward   f.dispatch.forward
+    b.dispatch.backward  f.mlp.forward            f.combine.forward b.pre_dispatch.backward
+
+The combine node's post-processing (unpermute, probability weighting, residual) belongs
+to the combine node and runs when its output is first waited for.
+
+Every node call is appended to ``ScheduleContext.trace`` as a ``NodeCall`` so tests can
+assert the exact execution order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from workloads.moe import faults
+from workloads.moe.dispatcher import Communicator, Pending, Routing
+from workloads.moe.model import ModelChunk, TransformerLayer, combine_post, mlp, pre_dispatch
+
+
+@dataclass(frozen=True)
+class NodeCall:
+    role: str            # "f" (forward unit) or "b" (backward unit)
+    node: str            # pre_dispatch, dispatch, mlp, combine, pre_process, post_process
+    phase: str           # forward | backward
+    microbatch: int
+    chunk: int = 0
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        """e.g. 'b.combine.backward' — the names of the documented order."""
+        return f"{self.role}.{self.node}.{self.phase}"
+
+
+@dataclass
+class ScheduleContext:
+    comm: Communicator
+    fault: str | None = None
+    trace: list[NodeCall] = field(default_factory=list)
+    #: fault support: the last dispatch-backward gradient seen per layer (see faults.py)
+    last_grads: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+
+class ComputeNode:
+    """A compute node: ``forward`` runs ``fn`` on detached leaves and keeps its outputs;
+    ``backward`` runs autograd from them and returns the inputs' gradients."""
+
+    def __init__(self, fn: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]) -> None:
+        self.fn = fn
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._outputs: dict[str, torch.Tensor] = {}
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], *, no_grad: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        leaves = {}
+        for k, v in inputs.items():
+            leaf = v.detach()
+            if leaf.is_floating_point() and k not in no_grad:
+                leaf.requires_grad_(True)
+            leaves[k] = leaf
+        with torch.enable_grad():
+            outputs = dict(self.fn(leaves))
+        self._inputs, self._outputs = leaves, outputs
+        return {k: v.detach() for k, v in outputs.items()}
+
+    def backward(self, grads: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+        outs, gs = [], []
+        for k, g in grads.items():
+            out = self._outputs[k]
+            if g is not None and out.requires_grad:
+                outs.append(out)
+                gs.append(g)
+        if outs:
+            torch.autograd.backward(outs, gs)
+        in_grads = {k: leaf.grad for k, leaf in self._inputs.items() if leaf.requires_grad}
+        self._inputs, self._outputs = {}, {}   # release the node's state
+        return in_grads
+
+
+class LayerSchedulePlan:
+    """One layer for one microbatch as four nodes: pre_dispatch, dispatch, mlp, combine."""
+
+    def __init__(self, layer: TransformerLayer, sctx: ScheduleContext, microbatch: int, *,
+                 chunk: int = 0, index: int | None = None, input_requires_grad: bool = True) -> None:
+        self.layer, self.sctx, self.mb, self.chunk, self.index = layer, sctx, microbatch, chunk, index
+        self.moe = layer.cfg.is_moe
+        self.input_requires_grad = input_requires_grad
+        self.routing: Routing | None = None
+        self._counts: torch.Tensor | None = None
+        self._pre_node = ComputeNode(self._pre_fn)
+        self._mlp_node = ComputeNode(self._mlp_fn)
+        self._post_node = ComputeNode(self._post_fn)
+        self._pre: dict[str, torch.Tensor] = {}
+        self._mid: dict[str, torch.Tensor] = {}
+        self._recv: Pending | None = None
+        self._g_post: dict[str, torch.Tensor | None] = {}
+        self._g_mid: dict[str, torch.Tensor | None] = {}
+        self._g_expert_rows: Pending | None = None
+        self._g_rows: Pending | None = None
+
+    # -- node functions (what runs under autograd) ------------------------------------------------
+    def _pre_fn(self, d):
+        out, self.routing, self._counts = pre_dispatch(self.layer, d["x"])
+        return out
+
+    def _mlp_fn(self, d):
+        return mlp(self.layer, d, self.routing)
+
+    def _post_fn(self, d):
+        return {"out": combine_post(self.layer, d, self.routing)}
+
+    def _log(self, role: str, node: str, phase: str) -> None:
+        self.sctx.trace.append(NodeCall(role, node, phase, self.mb, self.chunk, self.index))
+
+    # -- forward nodes ----------------------------------------------------------------------------
+    def pre_dispatch_forward(self, x: Pending) -> None:
+        self._log("f", "pre_dispatch", "forward")
+        no_grad = () if self.input_requires_grad else ("x",)
+        self._pre = self._pre_node.forward({"x": x.wait()}, no_grad=no_grad)
+
+    def dispatch_forward(self) -> None:
+        self._log("f", "dispatch", "forward")
+        if not self.moe:
+            self._recv = Pending.ready(self._pre["tokens"])
+            return
+        comm = self.sctx.comm
+        assert self.routing is not None and self._counts is not None
+        self.routing = comm.exchange_counts(self.routing, self._counts)
+        self._recv = comm.all_to_all(self._pre["rows"], self.routing.output_splits, self.routing.input_splits)
+
+    def mlp_forward(self) -> None:
+        self._log("f", "mlp", "forward")
+        assert self._recv is not None
+        received = self._recv.wait()
+        inputs = {"tokens": received} if not self.moe else {"recv_rows": received}
+        if "shared_in" in self._pre:
+            inputs["shared_in"] = self._pre["shared_in"]
+        self._mid = self._mlp_node.forward(inputs)
+        self._recv = None
+
+    def combine_forward(self) -> Pending:
+        self._log("f", "combine", "forward")
+        post_in = {"residual": self._pre["residual"]}
+        if not self.moe:
+            post_in["mlp_out"] = self._mid["mlp_out"]
+            return Pending(None, finish=lambda _: self._post_node.forward(post_in)["out"])
+        post_in["row_probs"] = self._pre["row_probs"]
+        if "shared_out" in self._mid:
+            post_in["shared_out"] = self._mid["shared_out"]
+        assert self.routing is not None
+
+        def finish(back_rows: torch.Tensor) -> torch.Tensor:
+            return self._post_node.forward({**post_in, "back_rows": back_rows})["out"]
+
+        return self.sctx.comm.all_to_all(self._mid["expert_rows"], self.routing.input_splits,
+                                         self.routing.output_splits, finish=finish)
+
+    # -- backward nodes ---------------------------------------------------------------------------
+    def combine_backward(self, grad_out: Pending) -> None:
+        self._log("b", "combine", "backward")
+        self._g_post = self._post_node.backward({"out": grad_out.wait()})
+        if not self.moe:
+            self._g_expert_rows = Pending.ready(None)
+            return
+        assert self.routing is not None
+        self._g_expert_rows = self.sctx.comm.all_to_all(
+            self._g_post["back_rows"], self.routing.output_splits, self.routing.input_splits)
+
+    def mlp_backward(self) -> None:
+        self._log("b", "mlp", "backward")
+        assert self._g_expert_rows is not None
+        grads: dict[str, torch.Tensor | None]
+        if not self.moe:
+            grads = {"mlp_out": self._g_post["mlp_out"]}
+        else:
+            grads = {"expert_rows": self._g_expert_rows.wait()}
+            if "shared_out" in self._g_post:
+                grads["shared_out"] = self._g_post["shared_out"]
+        self._g_mid = self._mlp_node.backward(grads)
+        self._g_expert_rows = None
+
+    def dispatch_backward(self) -> None:
+        self._log("b", "dispatch", "backward")
+        if not self.moe:
+            self._g_rows = Pending.ready(self._g_mid["tokens"])
+            return
+        assert self.routing is not None
+        self._g_rows = self.sctx.comm.all_to_all(self._g_mid["recv_rows"], self.routing.input_splits,
+                                                 self.routing.output_splits)
+
+    def pre_dispatch_backward(self) -> Pending:
+        self._log("b", "pre_dispatch", "backward")
+        assert self._g_rows is not None
+        g_rows = self._g_rows.wait()
+        if self.sctx.fault == faults.WRONG_MICROBATCH_GRAD:
+            g_rows = faults.wrong_microbatch_grad(self.sctx.last_grads, (self.chunk, self.index), g_rows)
+        grads: dict[str, torch.Tensor | None] = {"residual": self._g_post["residual"]}
+        if not self.moe:
+            grads["tokens"] = g_rows
+        else:
+            grads["rows"] = g_rows
+            grads["row_probs"] = self._g_post["row_probs"]
+            if "shared_in" in self._g_mid:
+                grads["shared_in"] = self._g_mid["shared_in"]
+        g_in = self._pre_node.backward(grads)
+        self._g_post, self._g_mid, self._g_rows, self._pre = {}, {}, None, {}
+        return Pending.ready(g_in.get("x"))
+
+
+def layer_1f1b(f: LayerSchedulePlan | None, b: LayerSchedulePlan | None,
+               f_input: Pending | None, b_grad: Pending | None) -> tuple[Pending | None, Pending | None]:
+    """One overlapped step of a layer pair: forward of ``f`` with backward of ``b`` in the
+    documented order. Returns (f's output, b's input gradient); either side may be absent."""
+    f_out, b_gin = f_input, b_grad
+    if b is not None:
+        b.combine_backward(b_grad)
+    if f is not None:
+        f.pre_dispatch_forward(f_input)
+    if b is not None:
+        b.mlp_backward()
+    if f is not None:
+        f.dispatch_forward()
+    if b is not None:
+        b.dispatch_backward()
+    if f is not None:
+        f.mlp_forward()
+        f_out = f.combine_forward()
+    if b is not None:
+        b_gin = b.pre_dispatch_backward()
+    return f_out, b_gin
+
+
+def run_layer_schedule(layer: TransformerLayer, inputs: Sequence[torch.Tensor], sctx: ScheduleContext) -> list[torch.Tensor]:
+    """Layer level 1F1B over M microbatches: forward 0 alone; forward i with backward i-1;
+    backward M-1 alone. Output gradients are ones. Returns the M outputs."""
+    plans = [LayerSchedulePlan(layer, sctx, m, index=0, input_requires_grad=False) for m in range(len(inputs))]
+    outs: list[Pending] = []
+    for i in range(len(inputs) + 1):
+        f = plans[i] if i < len(plans) else None
+        b = plans[i - 1] if i >= 1 else None
+        b_grad = None
+        if b is not None:
+            prev_out = outs[i - 1].wait()
+            b_grad = Pending.ready(torch.ones_like(prev_out))
+        f_out, _ = layer_1f1b(f, b, Pending.ready(inputs[i]) if f is not None else None, b_grad)
+        if f is not None:
+            outs.append(f_out)
+    return [o.wait() for o in outs]
+
+
+class ChunkSchedulePlan:
+    """One model chunk for one microbatch: pre_process (embedding, first chunk only), the
+    layers' plans, post_process (output layer + per-token loss, last chunk only)."""
+
+    def __init__(self, chunk: ModelChunk, sctx: ScheduleContext, microbatch: int, chunk_index: int) -> None:
+        self.chunk, self.sctx, self.mb, self.c = chunk, sctx, microbatch, chunk_index
+        self.layers = [LayerSchedulePlan(layer, sctx, microbatch, chunk=chunk_index, index=i)
+                       for i, layer in enumerate(chunk.layers)]
+        self._embed = ComputeNode(lambda d: {"h": chunk.pre_process(d["tokens"])})
+        self._loss = ComputeNode(lambda d: {"loss": chunk.post_process(d["h"], d["labels"])})
+        self.output: Pending | None = None        # hidden states, or the per-token losses (last chunk)
+        self.input_grad: Pending | None = None    # gradient of this chunk's input hidden states
+
+    @property
+    def first(self) -> bool:
+        return self.chunk.embedding is not None
+
+    @property
+    def last(self) -> bool:
+        return self.chunk.output is not None
+
+    def _log(self, role: str, node: str, phase: str) -> None:
+        self.sctx.trace.append(NodeCall(role, node, phase, self.mb, self.c, None))
+
+    def pre_process_forward(self, x: Pending) -> Pending:
+        if not self.first:
+            return x
+        self._log("f", "pre_process", "forward")
+        return Pending.ready(self._embed.forward({"tokens": x.wait()})["h"])
+
+    def post_process_forward(self, h: Pending, labels: torch.Tensor | None) -> None:
+        if not self.last:
+            self.output = h
+            return
+        self._log("f", "post_process", "forward")
+        self.output = Pending.ready(self._loss.forward({"h": h.wait(), "labels": labels})["loss"])
+
+    def post_process_backward(self, grad: Pending | None) -> Pending:
+        if not self.last:
+            assert grad is not None
+            return grad
+        self._log("b", "post_process", "backward")
+        assert self.output is not None
+        loss = self.output.wait()
+        return Pending.ready(self._loss.backward({"loss": torch.ones_like(loss)})["h"])
+
+    def pre_process_backward(self, grad: Pending) -> None:
+        if not self.first:
+            self.input_grad = grad
+            return
+        self._log("b", "pre_process", "backward")
+        self._embed.backward({"h": grad.wait()})
+        self.input_grad = Pending.ready(None)
+
+
+def chunk_1f1b(f: ChunkSchedulePlan | None, b: ChunkSchedulePlan | None, f_input: Pending | None,
+               f_labels: torch.Tensor | None, b_grad: Pending | None) -> None:
+    """Forward of one (chunk, microbatch) with backward of another: b's loss backward, f's
+    embedding, then layer pairs matched f.layers[i] with b.layers[n_b-1-i] (layers left over
+    on one side run alone), f's output layer, b's embedding backward."""
+    g = b.post_process_backward(b_grad) if b is not None else None
+    x = f.pre_process_forward(f_input) if f is not None else None
+    nf = len(f.layers) if f is not None else 0
+    nb = len(b.layers) if b is not None else 0
+    for i in range(max(nf, nb)):
+        fl = f.layers[i] if i < nf else None
+        bl = b.layers[nb - 1 - i] if i < nb else None
+        fx, gb = layer_1f1b(fl, bl, x if fl is not None else None, g if bl is not None else None)
+        if fl is not None:
+            x = fx
+        if bl is not None:
+            g = gb
+    if f is not None:
+        f.post_process_forward(x, f_labels)
+    if b is not None:
+        b.pre_process_backward(g)
+
+
+def run_chunk_schedule(chunks: Sequence[ModelChunk], tokens: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
+                       sctx: ScheduleContext) -> list[list[torch.Tensor]]:
+    """Chunk level 1F1B. Forward units in order (m0,c0),(m0,c1),…,(m1,c0)…; backward units
+    (m0,c_last)…(m0,c0),(m1,c_last)…. The forward units of microbatch 0 run alone; then
+    forward unit k runs with backward unit k-C (microbatch m with m-1); then the last
+    microbatch's backward units run alone. Returns outputs[chunk][microbatch]."""
+    n_chunks, n_mb = len(chunks), len(tokens)
+    plans = [[ChunkSchedulePlan(chunks[c], sctx, m, c) for c in range(n_chunks)] for m in range(n_mb)]
+    fwd = [(m, c) for m in range(n_mb) for c in range(n_chunks)]
+    bwd = [(m, c) for m in range(n_mb) for c in reversed(range(n_chunks))]
+
+    def f_args(k: int):
+        m, c = fwd[k]
+        x = Pending.ready(tokens[m]) if c == 0 else plans[m][c - 1].output
+        return plans[m][c], x, (labels[m] if c == n_chunks - 1 else None)
+
+    def b_args(j: int):
+        m, c = bwd[j]
+        grad = None if c == n_chunks - 1 else plans[m][c + 1].input_grad
+        return plans[m][c], grad
+
+    for k in range(len(fwd) + n_chunks):
+        f_plan, f_in, f_lab = f_args(k) if k < len(fwd) else (None, None, None)
+        b_plan, b_grad = b_args(k - n_chunks) if k >= n_chunks else (None, None)
+        chunk_1f1b(f_plan, b_plan, f_in, f_lab, b_grad)
+    return [[plans[m][c].output.wait() for m in range(n_mb)] for c in range(n_chunks)]

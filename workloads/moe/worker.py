@@ -1,0 +1,166 @@
+"""In-rank entry of the ``a2a_overlap`` kind: ``workloads.moe.worker:run``.
+
+Builds the model in deterministic mode, saves the initial weights, runs the sequential
+reference (per microbatch: forward, backward with a gradient of ones; gradients
+accumulate), then restores the weights, drops the gradients and runs the overlapped 1F1B
+schedule on the same inputs. Each run ends with an SGD step, as a training step would
+(so a run that forgot to restore the weights is caught). Both runs' outputs and parameter
+gradients are saved as captures ``reference`` and ``overlapped``; both wall times are recorded.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from workloads.common.determinism import deterministic
+from workloads.moe import faults
+from workloads.moe.dispatcher import Communicator
+from workloads.moe.kind import resolve_args
+from workloads.moe.model import ChunkedModel, LayerModel, MoEConfig, chunk_reference_forward, layer_reference_forward
+from workloads.moe.schedule import ScheduleContext, run_chunk_schedule, run_layer_schedule
+
+SGD_LR = 0.1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outputs: dict[str, torch.Tensor]   # "output.mb0", "hidden.chunk0.mb0", ...
+    seconds: float
+
+
+def config_from_args(args: Mapping[str, Any], world_size: int) -> MoEConfig:
+    return MoEConfig(variant=args["variant"], hidden=args["hidden"], heads=args["heads"], seq_len=args["seq_len"],
+                     num_experts=args["num_experts"], topk=args["topk"], ffn_hidden=args["ffn_hidden"],
+                     vocab_size=args["vocab_size"], dtype=args["dtype"], ep_size=world_size, seed=args["seed"])
+
+
+def build_model(cfg: MoEConfig, args: Mapping[str, Any], rank: int, device: torch.device) -> nn.Module:
+    model: nn.Module
+    if args["level"] == "layer":
+        model = LayerModel(cfg, rank)
+    else:
+        model = ChunkedModel(cfg, rank, list(args["layers"]))
+    return model.to(device=device, dtype=cfg.torch_dtype)
+
+
+def make_inputs(cfg: MoEConfig, args: Mapping[str, Any], rank: int, device: torch.device) -> dict[str, list[torch.Tensor]]:
+    """Per-rank, per-microbatch inputs (different on every rank, so routing is uneven)."""
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    m = args["microbatches"]
+    if args["level"] == "layer":
+        xs = [torch.randn(cfg.seq_len, cfg.hidden, generator=gen).to(device=device, dtype=cfg.torch_dtype) for _ in range(m)]
+        return {"x": xs}
+    tokens = [torch.randint(cfg.vocab_size, (cfg.seq_len,), generator=gen).to(device) for _ in range(m)]
+    labels = [torch.randint(cfg.vocab_size, (cfg.seq_len,), generator=gen).to(device) for _ in range(m)]
+    return {"tokens": tokens, "labels": labels}
+
+
+def reference_run(model: nn.Module, inputs: Mapping[str, list[torch.Tensor]], group=None) -> dict[str, torch.Tensor]:
+    """Sequential: per microbatch, one autograd graph forward, backward with ones."""
+    outputs: dict[str, torch.Tensor] = {}
+    if "x" in inputs:
+        layer = model.layers[0]
+        for m, x in enumerate(inputs["x"]):
+            out = layer_reference_forward(layer, x, group)
+            out.backward(torch.ones_like(out))
+            outputs[f"output.mb{m}"] = out.detach()
+        return outputs
+    chunks = list(model.chunks)
+    for m, (tok, lab) in enumerate(zip(inputs["tokens"], inputs["labels"])):
+        h = tok
+        for c, chunk in enumerate(chunks):
+            last = c == len(chunks) - 1
+            h = chunk_reference_forward(chunk, h, lab if last else None, group)
+            if not last:
+                outputs[f"hidden.chunk{c}.mb{m}"] = h.detach()
+        h.backward(torch.ones_like(h))
+        outputs[f"output.mb{m}"] = h.detach()
+    return outputs
+
+
+def overlapped_run(model: nn.Module, inputs: Mapping[str, list[torch.Tensor]], sctx: ScheduleContext) -> dict[str, torch.Tensor]:
+    """The overlapped 1F1B schedule over the same microbatches."""
+    if "x" in inputs:
+        outs = run_layer_schedule(model.layers[0], inputs["x"], sctx)
+        return {f"output.mb{m}": o for m, o in enumerate(outs)}
+    chunks = list(model.chunks)
+    per_chunk = run_chunk_schedule(chunks, inputs["tokens"], inputs["labels"], sctx)
+    outputs: dict[str, torch.Tensor] = {}
+    for c, outs in enumerate(per_chunk):
+        for m, o in enumerate(outs):
+            key = f"output.mb{m}" if c == len(chunks) - 1 else f"hidden.chunk{c}.mb{m}"
+            outputs[key] = o
+    return outputs
+
+
+def grads_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"grad.{name}": p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+def sgd_step(model: nn.Module, lr: float = SGD_LR) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
+
+
+def zero_grads(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def timed(fn: Callable[[], dict[str, torch.Tensor]], device: torch.device) -> RunResult:
+    """Wall time of one run, all ranks starting together (barrier) and the device drained."""
+    dist.barrier()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    outputs = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return RunResult(outputs, time.perf_counter() - start)
+
+
+def run(ctx) -> None:
+    args = resolve_args(ctx.args)
+    ctx.init_distributed()
+    device = ctx.device
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg = config_from_args(args, world)
+    if cfg.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RuntimeError(f"bfloat16 is not supported on {torch.cuda.get_device_name(device)}")
+    fault = args.get("inject_fault")
+    with deterministic(cfg.seed):
+        model = build_model(cfg, args, rank, device)
+        inputs = make_inputs(cfg, args, rank, device)
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        comm = Communicator(device)
+
+        # untimed warm-up (thread pools, connections); leaves no trace in weights or grads
+        reference_run(model, inputs)
+        zero_grads(model)
+
+        ref = timed(lambda: reference_run(model, inputs), device)
+        ctx.save_capture("reference", {**ref.outputs, **grads_of(model)})
+        sgd_step(model)
+
+        if fault != faults.SKIP_WEIGHT_RESTORE:
+            model.load_state_dict(initial)
+        if fault != faults.SKIP_ZERO_GRAD:
+            zero_grads(model)
+
+        sctx = ScheduleContext(comm, fault=fault)
+        ovl = timed(lambda: overlapped_run(model, inputs, sctx), device)
+        ctx.save_capture("overlapped", {**ovl.outputs, **grads_of(model)})
+        sgd_step(model)
+
+    ctx.record("time_reference_s", ref.seconds)
+    ctx.record("time_overlapped_s", ovl.seconds)
+    ctx.record("schedule_nodes", len(sctx.trace))
+    print(f"rank {rank}: reference {ref.seconds:.4f}s overlapped {ovl.seconds:.4f}s "
+          f"({len(sctx.trace)} node calls)", flush=True)
