@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,7 @@ from runner.errors import UsageError
 from runner.hookspecs import hookimpl
 from runner.model import Launch, LaunchOutcome
 from runner.platform import gpu_count
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from runner.ports import free_port
 
 
 class LocalBackend(Backend):

