@@ -1,0 +1,394 @@
+"""The GPT training loop: process groups, model chunks, pipeline schedule, distributed
+optimizer, LR schedule, data, metrics, torch_dist checkpoints and resume.
+
+Rank layout (Megatron's order with tp = 1): ``rank = pp_rank * dp + dp_rank``; data-parallel
+groups are the ranks of one pipeline stage, pipeline groups the ranks of one dp replica, and
+the embedding group of a replica is its first and last pipeline rank.
+
+Per iteration (Megatron's ``train_step``): zero the grad buffers, take this dp rank's
+microbatches of the next global batch, run the pipeline schedule (the optimizer's buckets
+launch during the backward of each chunk's last microbatch), finish the grad sync (dp
+reduce-scatter or all-reduce, plus the tied-embedding all-reduce), step the optimizer with
+the scheduler's lr, advance the scheduler by the global batch size.
+
+Metrics (logged by rank 0 for the whole job, Megatron's names):
+- ``lm loss``: mean over the global batch's microbatches of the masked token cross entropy
+  (computed on the last pipeline stage, averaged over dp);
+- ``num-zeros``: zeros in the reduced, clipped main gradients (from the optimizer);
+- ``mem-allocated-bytes`` / ``mem-max-allocated-bytes``: on GPU ``torch.cuda.memory_allocated``
+  / ``max_memory_allocated``. On CPU, where PyTorch keeps no allocator statistics, a measured
+  substitute: allocated = the bytes of the distinct tensor storages the training state holds
+  after the iteration (model parameters, fp32 grad buffers, main-param and Adam shards: found
+  by walking the model chunks and the optimizer object); max = the running maximum of that
+  plus the iteration's microbatch tensors plus the peak of the activation bytes autograd held
+  for backward during the schedule (saved-tensor hooks, parameters excluded, one count per
+  storage). Both are deterministic for a config, so the golden 5% rule is meaningful; the
+  maximum over ranks is logged;
+- ``iteration-time``: wall seconds of the iteration, the maximum over ranks.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from workloads.gpt.config import BUILTIN_DATA, GPTConfig
+from workloads.gpt.faults import Fault
+from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
+from workloads.gpt.model import build_chunks
+from workloads.gpt.pipeline import ActivationTracker, PipelineLayout, PipelineSchedule
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the test flow asks of one launch (not model/optimiser arguments)."""
+
+    save_dir: Path | None = None             # write checkpoints here every save_interval
+    load_dir: Path | None = None             # resume from the latest checkpoint here
+    discard_after_iteration: int | None = None   # ckpt-resume run 1: drop later checkpoints, point marker here
+    data: str = BUILTIN_DATA                 # "builtin" or a Megatron indexed-dataset path prefix
+    data_cache: Path | None = None           # where the built-in corpus is written
+    fault: Fault = Fault()
+
+
+@dataclass
+class Groups:
+    world_rank: int
+    world_size: int
+    pp: int
+    dp: int
+    pp_rank: int
+    dp_rank: int
+    dp_group: Any
+    pp_group: Any
+    embedding_group: Any | None          # this rank's first/last-stage group, None if not in one
+    p2p_group: Any | None                # gloo group for pipeline messages (None: the default gloo group)
+    stage_ranks: tuple[int, ...]
+
+
+def build_groups(cfg: GPTConfig) -> Groups:
+    """Create every process group (all ranks call new_group for every group, in one order)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    pp, dp = cfg.pp, cfg.dp(world)
+    pp_rank, dp_rank = divmod(rank, dp)
+    dp_group = pp_group = emb_group = None
+    for p in range(pp):
+        g = dist.new_group([p * dp + d for d in range(dp)])
+        if p == pp_rank:
+            dp_group = g
+    for d in range(dp):
+        g = dist.new_group([p * dp + d for p in range(pp)])
+        if d == dp_rank:
+            pp_group = g
+    if pp > 1:
+        for d in range(dp):
+            ranks = [d, (pp - 1) * dp + d]
+            g = dist.new_group(ranks)
+            if rank in ranks:
+                emb_group = g
+    p2p = None
+    if dist.get_backend() != "gloo":
+        p2p = dist.new_group(list(range(world)), backend="gloo")
+    stage_ranks = tuple(p * dp + dp_rank for p in range(pp))
+    return Groups(rank, world, pp, dp, pp_rank, dp_rank, dp_group, pp_group, emb_group, p2p, stage_ranks)
+
+
+# -- memory -----------------------------------------------------------------------------------
+def tensor_storage_bytes(*roots: Any, max_depth: int = 6) -> int:
+    """Bytes of the distinct tensor storages reachable from ``roots`` through modules, lists,
+    tuples, dicts and object attributes (each storage counted once). Used on CPU as the
+    substitute for CUDA's memory_allocated: the roots are the model chunks and the optimizer,
+    so the count covers parameters, grad buffers, fp32 main params and Adam moments."""
+    seen_obj: set[int] = set()
+    seen_storage: set[int] = set()
+    total = 0
+
+    def visit(obj: Any, depth: int) -> None:
+        nonlocal total
+        if isinstance(obj, torch.Tensor):
+            st = obj.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr and ptr not in seen_storage:
+                seen_storage.add(ptr)
+                total += st.nbytes()
+            return
+        if depth > max_depth or id(obj) in seen_obj or isinstance(obj, (str, bytes, int, float, bool, type(None))):
+            return
+        seen_obj.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            for t in list(obj.parameters()) + list(obj.buffers()):
+                visit(t, depth + 1)
+            return
+        if isinstance(obj, dict):
+            for v in obj.values():
+                visit(v, depth + 1)
+        elif isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                visit(v, depth + 1)
+        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("workloads."):
+            for v in vars(obj).values():
+                visit(v, depth + 1)
+
+    for r in roots:
+        visit(r, 0)
+    return total
+
+
+class MemoryMeter:
+    """``mem-allocated-bytes`` / ``mem-max-allocated-bytes``: CUDA allocator statistics on GPU;
+    on CPU the bytes of the tensors the training state holds (model, grad buffers, optimizer
+    shards) after the iteration, and for the maximum that plus the iteration's microbatch data
+    and the peak of activation bytes held for backward (saved-tensor hooks)."""
+
+    def __init__(self, device: torch.device, roots: tuple[Any, ...], param_storages: list[int]) -> None:
+        self.cuda = device.type == "cuda"
+        self.roots = roots
+        self.param_storages = param_storages
+        self.max_bytes = 0
+        self.tracker: ActivationTracker | None = None
+
+    def begin(self) -> ActivationTracker | None:
+        if self.cuda:
+            return None
+        self.tracker = ActivationTracker(self.param_storages)
+        return self.tracker
+
+    def end(self, batches: Any) -> tuple[float, float]:
+        if self.cuda:
+            return float(torch.cuda.memory_allocated()), float(torch.cuda.max_memory_allocated())
+        allocated = tensor_storage_bytes(*self.roots)
+        peak = allocated + tensor_storage_bytes(batches) + (self.tracker.peak if self.tracker else 0)
+        self.max_bytes = max(self.max_bytes, peak)
+        return float(allocated), float(self.max_bytes)
+
+
+# -- checkpoint state -------------------------------------------------------------------------
+def model_state(chunks) -> dict[str, torch.Tensor]:
+    """Model parameters keyed by virtual stage (identical on dp replicas: one copy is written)."""
+    out = {}
+    for chunk in chunks:
+        for name, p in chunk.named_parameters():
+            out[f"vstage{chunk.virtual_stage}.{name}"] = p.data
+    return out
+
+
+class Trainer:
+    """One rank's training run; ``run()`` does the whole thing."""
+
+    def __init__(self, ctx, cfg: GPTConfig, opts: RunOptions) -> None:
+        from workloads.gpt.data import (GPTSamples, IndexedDataset, MicroBatchIterator,
+                                        build_synthetic_corpus)
+        from workloads.gpt.dist_optimizer import DistributedOptimizer, OptimizerConfig
+
+        self.ctx, self.cfg, self.opts = ctx, cfg, opts
+        self.device = ctx.device
+        self.g = g = build_groups(cfg)
+        self.dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+        self.chunks = build_chunks(cfg, g.pp_rank, device=self.device)
+        for c in self.chunks:
+            c.train()
+        shared = None
+        if g.embedding_group is not None:
+            owner = self.chunks[0] if g.pp_rank == 0 else self.chunks[-1]
+            shared = (owner.shared_embedding_weight(), g.embedding_group)
+        ocfg_kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+                           adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
+                           bf16=cfg.bf16, overlap_grad_reduce=cfg.overlap_grad_reduce,
+                           overlap_param_gather=cfg.overlap_param_gather,
+                           use_distributed_optimizer=cfg.use_distributed_optimizer)
+        if cfg.ddp_bucket_size is not None:
+            ocfg_kwargs["bucket_size"] = cfg.ddp_bucket_size
+        self.optimizer = DistributedOptimizer(self.chunks, OptimizerConfig(**ocfg_kwargs), dp_group=g.dp_group,
+                                              mp_group=g.pp_group, shared_embedding=shared)
+        self.scheduler = OptimizerParamScheduler(ScheduleParams.from_config(cfg))
+
+        # data: every rank reads (first stage needs tokens, last stage labels; all keep the position)
+        if opts.data == BUILTIN_DATA:
+            cache = opts.data_cache or (ctx.results_dir / "data")
+            prefix = cache / f"synthetic_v{cfg.vocab_size}_n{cfg.num_documents}_s{cfg.seed}"
+            if ctx.local_rank == 0:   # one writer per node: right on shared and on node-local disks
+                cache.mkdir(parents=True, exist_ok=True)
+                build_synthetic_corpus(prefix, vocab_size=cfg.vocab_size, num_documents=cfg.num_documents,
+                                       seed=cfg.seed)
+            dist.barrier()
+        else:
+            prefix = Path(opts.data)
+        samples = GPTSamples(IndexedDataset(prefix), seq_length=cfg.seq_length, seed=cfg.seed,
+                             num_samples=cfg.train_iters * cfg.global_batch_size)
+        self.data = MicroBatchIterator(samples, micro_batch_size=cfg.micro_batch_size,
+                                       global_batch_size=cfg.global_batch_size, dp_rank=g.dp_rank, dp_size=g.dp)
+        m = self.data.num_microbatches
+        layout = PipelineLayout(g.pp_rank, g.stage_ranks, cfg.vp)
+        self.schedule = PipelineSchedule(
+            self.chunks, layout, num_microbatches=m,
+            activation_shape=(cfg.micro_batch_size, cfg.seq_length, cfg.hidden_size), dtype=self.dtype,
+            device=self.device, p2p_group=g.p2p_group,
+            before_backward=lambda chunk, last: self.optimizer.set_is_last_microbatch(last, chunk=chunk))
+        params = [p for c in self.chunks for p in c.parameters()]
+        self.memory = MemoryMeter(self.device, (self.chunks, self.optimizer),
+                                  [p.untyped_storage().data_ptr() for p in params])
+        self.is_last_stage = g.pp_rank == g.pp - 1
+        self.iteration = 0
+        self.saved: list[int] = []
+        self.pending_save = None
+        self.timings: dict[str, Any] = {}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        from workloads.gpt.checkpoint import rng_state
+
+        state: dict[str, Any] = {
+            "model": model_state(self.chunks),
+            "optimizer": self.optimizer.sharded_state_dict(),
+            "opt_param_scheduler": self.scheduler.state_dict(),
+            "data": self.data.state_dict(),
+            f"rng.rank{self.g.world_rank}": rng_state(),
+            "iteration": self.iteration,
+        }
+        return self.opts.fault.checkpoint_state(state)
+
+    def layout_record(self) -> dict[str, Any]:
+        """What a checkpoint must match to be loaded here: the parallel layout and the model shape."""
+        c = self.cfg
+        model = {k: getattr(c, k) for k in ("num_layers", "hidden_size", "num_attention_heads", "ffn_size",
+                                             "seq_length", "max_position_embeddings", "vocab_size", "bf16",
+                                             "use_distributed_optimizer")}
+        return {"tp": c.tensor_model_parallel_size, "pp": self.g.pp, "vp": c.vp, "dp": self.g.dp,
+                "world_size": self.g.world_size, "model": model}
+
+    def save(self) -> None:
+        from workloads.gpt.checkpoint import save_checkpoint
+
+        if self.pending_save is not None:
+            self.pending_save.wait()
+        self.optimizer.finish_param_sync()
+        t0 = time.perf_counter()
+        self.pending_save = save_checkpoint(self.opts.save_dir, self.iteration, self.checkpoint_state(),
+                                            async_save=self.cfg.async_save, layout=self.layout_record())
+        self.timings.setdefault("checkpoint_save_blocking_s", []).append(time.perf_counter() - t0)
+        self.saved.append(self.iteration)
+
+    def load(self) -> None:
+        from workloads.gpt.checkpoint import load_checkpoint, set_rng_state
+
+        state = self.checkpoint_state()
+        t0 = time.perf_counter()
+        self.iteration = load_checkpoint(self.opts.load_dir, state, layout=self.layout_record())
+        self.timings["checkpoint_load_s"] = time.perf_counter() - t0
+        if "optimizer" in state:
+            self.optimizer.load_sharded_state_dict(state["optimizer"])
+        if self.opts.fault.restore_scheduler:
+            self.scheduler.load_state_dict(state["opt_param_scheduler"])
+        if "data" in state:
+            self.data.load_state_dict(state["data"])
+        rng_key = f"rng.rank{self.g.world_rank}"
+        if rng_key in state:
+            set_rng_state(state[rng_key])
+        if int(state["iteration"]) != self.iteration:
+            raise RuntimeError(f"checkpoint iteration {state['iteration']} != marker {self.iteration}")
+        del state
+        print(f"resumed from {self.opts.load_dir} at iteration {self.iteration}", flush=True)
+
+    # -- one iteration ----------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        cfg, g = self.cfg, self.g
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.schedule.tracker = self.memory.begin()
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad()
+        batches = self.data.next_global_batch()
+        losses = self.schedule.run(batches)
+        self.optimizer.finish_grad_sync()
+        stats = self.optimizer.step(self.scheduler.get_lr())
+        self.scheduler.step(cfg.global_batch_size)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        allocated, peak = self.memory.end(batches)
+        del batches
+        loss = torch.stack(losses).mean().double() if losses else torch.zeros((), dtype=torch.float64)
+        summed = torch.stack([loss.cpu(), torch.tensor(float(self.is_last_stage), dtype=torch.float64)])
+        maxed = torch.tensor([allocated, peak, elapsed], dtype=torch.float64)
+        if self.device.type == "cuda":
+            summed, maxed = summed.to(self.device), maxed.to(self.device)
+        dist.all_reduce(summed)
+        dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
+        summed, maxed = summed.cpu(), maxed.cpu()
+        return {
+            "lm loss": float(summed[0] / summed[1]),
+            "num-zeros": float(stats.num_zeros),
+            "mem-allocated-bytes": float(maxed[0]),
+            "mem-max-allocated-bytes": float(maxed[1]),
+            "iteration-time": float(maxed[2]),
+        }
+
+    def run(self) -> None:
+        cfg = self.cfg
+        if self.opts.load_dir is not None:
+            self.load()
+        if self.ctx.rank == 0:
+            try:
+                self.ctx.tensorboard()
+            except ImportError:
+                print("tensorboard not installed: metrics go to JSON lines only", flush=True)
+        while self.iteration < cfg.train_iters:
+            self.iteration += 1
+            metrics = self.train_step()
+            if self.ctx.rank == 0:
+                self.ctx.log_metrics(self.iteration, metrics)
+                print(f"iteration {self.iteration}/{cfg.train_iters} " +
+                      " ".join(f"{k}={v:.6g}" for k, v in metrics.items()), flush=True)
+            if self.opts.save_dir is not None and cfg.save_interval and self.iteration % cfg.save_interval == 0:
+                self.save()
+        self.optimizer.finish_param_sync()
+        if self.pending_save is not None:
+            from workloads.gpt.checkpoint import finalize_pending_saves
+
+            self.pending_save.wait()
+            finalize_pending_saves()
+        dist.barrier()
+        keep = self.opts.discard_after_iteration
+        if keep is not None and self.opts.save_dir is not None:
+            self.rewind_checkpoints(keep)
+
+    def rewind_checkpoints(self, keep: int) -> None:
+        """ckpt-resume run 1: discard checkpoints after ``keep``; the marker points at ``keep``."""
+        from workloads.gpt.checkpoint import discard_iteration, set_latest_iteration
+
+        if keep not in self.saved:
+            raise RuntimeError(f"cannot resume from iteration {keep}: saved iterations are {self.saved}")
+        if self.ctx.rank == 0:
+            for it in self.saved:
+                if it > keep:
+                    discard_iteration(self.opts.save_dir, it)
+            set_latest_iteration(self.opts.save_dir, keep)
+        dist.barrier()
+
+
+def train(ctx, cfg: GPTConfig, opts: RunOptions) -> None:
+    """Run one training launch in this rank (ctx: runner.worker_api.WorkerContext)."""
+    from workloads.common.determinism import deterministic, seed_everything
+
+    ctx.init_distributed()
+    cfg.check(dist.get_world_size())
+    if cfg.deterministic_mode:
+        with deterministic(cfg.seed):
+            _train(ctx, cfg, opts, seed_everything)
+    else:
+        _train(ctx, cfg, opts, seed_everything)
+
+
+def _train(ctx, cfg: GPTConfig, opts: RunOptions, seed_everything) -> None:
+    trainer = Trainer(ctx, cfg, opts)
+    # Megatron's _set_random_seed: one stream per pipeline stage, shared by its dp replicas
+    seed_everything(cfg.seed + 100 * trainer.g.pp_rank)
+    trainer.run()
+    ctx.record("gpt", {"iterations": trainer.iteration, "saved": trainer.saved,
+                       "world_size": trainer.g.world_size, "pp": trainer.g.pp, "dp": trainer.g.dp,
+                       "vp": cfg.vp, "num_microbatches": trainer.data.num_microbatches,
+                       "pid": os.getpid(), **trainer.timings})
