@@ -217,6 +217,7 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
+    from runner.model import Verdict
     from runner.report.terminal import TerminalReporter
     from runner.scheduler import Scheduler
 
@@ -253,11 +254,14 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     elapsed = time.monotonic() - started
     reporter.table(results)
     reporter.summary(results, elapsed)
-    if golden_update:
+    rewritten: set[str] = set()
+    if golden_update and not scheduler.interrupted:
         from runner.golden_update import update_goldens
 
-        update_goldens(session, results, only_failing=ns.only_failing, out=reporter)
-    code = exit_code(results, interrupted=scheduler.interrupted)
+        rewritten = update_goldens(session, results, only_failing=ns.only_failing, out=reporter)
+    # under `golden update`, a case that failed only against the golden it just rewrote is done
+    code = exit_code(results, interrupted=scheduler.interrupted,
+                     forgiven={r.case.id for r in results if r.case.id in rewritten and r.verdict is Verdict.FAILED})
     meta = {"platform": session.platform, "backend": backend.id, "results_dir": str(session.results_root),
             "duration": round(elapsed, 3), "exit_code": code}
     if session.options.json_path:
@@ -272,12 +276,13 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     return code
 
 
-def exit_code(results: Sequence, *, interrupted: bool = False) -> int:
+def exit_code(results: Sequence, *, interrupted: bool = False, forgiven: set[str] = frozenset()) -> int:
+    """pytest's codes; ``forgiven``: case ids whose failure does not count (goldens rewritten)."""
     if interrupted:
         return EXIT_INTERRUPTED
     if not results:
         return EXIT_NO_TESTS
-    if any(r.verdict.is_failure for r in results):
+    if any(r.verdict.is_failure and r.case.id not in forgiven for r in results):
         return EXIT_FAILED
     return EXIT_OK
 

@@ -16,8 +16,9 @@ from runner.model import CaseResult, Outcome, Verdict
 from runner.platform import fingerprint
 
 
-def update_goldens(session: Any, results: Sequence[CaseResult], *, only_failing: bool, out: Any) -> int:
-    written = 0
+def update_goldens(session: Any, results: Sequence[CaseResult], *, only_failing: bool, out: Any) -> set[str]:
+    """Write the goldens; returns the ids of the cases whose golden was (re)written."""
+    written: set[str] = set()
     fp = fingerprint(session.platform)
     for r in results:
         kind = session.plugins.kind(r.case.kind)
@@ -39,11 +40,12 @@ def update_goldens(session: Any, results: Sequence[CaseResult], *, only_failing:
             continue
         old = load_golden(path) if path.is_file() else None
         write_golden(path, metrics, fp)
-        written += 1
+        written.add(r.case.id)
         out.line(f"golden: wrote {path}")
         for line in _diff_summary(old, metrics):
             out.line(f"    {line}")
-    out.line(f"golden: {written} file{'s' if written != 1 else ''} written; review with `git diff`")
+    n = len(written)
+    out.line(f"golden: {n} file{'s' if n != 1 else ''} written; review with `git diff`")
     return written
 
 
