@@ -32,11 +32,14 @@ dist.destroy_process_group()
 def installed_plugin(tmp_path_factory) -> Path:
     """pip-install the example plugin package into a private target dir (a real install:
     dist-info with entry_points.txt), used through PYTHONPATH."""
+    import shutil
+
     target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
+    src = tmp_path_factory.mktemp("src") / "runner-plainrun"
+    shutil.copytree(PLUGIN_SRC, src)          # setuptools builds in the source tree: keep ours clean
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(PLUGIN_SRC)],
-                   check=True, capture_output=True, text=True, cwd=build)
+                    "--no-index", "--target", str(target), str(src)],
+                   check=True, capture_output=True, text=True, cwd=src)
     assert list(target.glob("runner_plainrun-*.dist-info/entry_points.txt"))
     return target
 
