@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 
-def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, rename: readers never see half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=indent, allow_nan=True)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -41,6 +41,10 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=indent, allow_nan=True) + "\n").encode())
 
 
 class ResultsDir:

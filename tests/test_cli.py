@@ -1,8 +1,6 @@
 """The CLI end to end: real `runner` subprocesses, real torchrun, real files."""
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from runner.proctree import processes_with_token
 
 WORKER = '''
 import os, sys, time, json

@@ -46,7 +46,6 @@ def test_perturbed_megatron_golden_names_metric_and_step(megatron_cases):
 
 def test_approximate_allows_k_of_n_and_median_window():
     steps = {s: 1.0 for s in range(1, 101)}
-    g_path = None
     g = None
     from runner.compare.golden import GoldenFile, GoldenSeries
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from dist_helpers import spawn
 from workloads.gpt.checkpoint import (
     LAYOUT_FILE,
     MARKER_FILE,
@@ -26,20 +26,6 @@ from workloads.gpt.checkpoint import (
 )
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _entry(rank: int, world: int, store: str, fn: Callable[..., None], args: tuple) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., None], world: int, tmp_path: Path, *args: Any) -> None:
-    store = tmp_path / f"store_{fn.__name__}"
-    mp.start_processes(_entry, args=(world, str(store), fn, args), nprocs=world, join=True, start_method="spawn")
 
 
 def make_state(rank: int, seed: int, *, dp: int | None = None, pp: int | None = None) -> dict[str, Any]:

@@ -6,38 +6,22 @@ assert and any failure propagates with its traceback.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from dist_helpers import spawn
 from workloads.gpt.dist_optimizer import DistributedOptimizer, OptimizerConfig
 
 pytestmark = pytest.mark.timeout(300)
 
 MBS, DP, GBS = 2, 2, 8
 LR, WD, CLIP = 1e-2, 0.1, 0.05
-
-
-def _entry(rank: int, world: int, store: str, fn: Callable[..., None], args: tuple) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., None], world: int, tmp_path: Path, *args: Any) -> None:
-    store = tmp_path / f"store_{fn.__name__}"
-    mp.start_processes(_entry, args=(world, str(store), fn, args), nprocs=world, join=True, start_method="spawn")
 
 
 class Tiny(nn.Module):

@@ -7,7 +7,6 @@ the contract in DESIGN.md, not derived from the implementation.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest

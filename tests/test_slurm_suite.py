@@ -4,7 +4,6 @@ and the GPT ckpt-resume case across two nodes."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 from typing import Any

@@ -24,14 +24,14 @@ The ``.bin`` file is the concatenation of every sequence's tokens in that dtype.
 """
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+
+from runner.results import write_bytes_atomic
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -91,23 +91,6 @@ def _encode_indexed(documents: Iterable[Sequence[int] | np.ndarray], dtype: Any)
     return idx, body
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_indexed_dataset(
     prefix: str | Path, documents: Iterable[Sequence[int] | np.ndarray], dtype: Any = np.int32
 ) -> None:
@@ -118,8 +101,8 @@ def write_indexed_dataset(
     so a reader never sees a half-written file.
     """
     idx, body = _encode_indexed(documents, dtype)
-    _write_atomic(data_path(prefix), body)
-    _write_atomic(index_path(prefix), idx)
+    write_bytes_atomic(data_path(prefix), body)
+    write_bytes_atomic(index_path(prefix), idx)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,8 +263,8 @@ def build_synthetic_corpus(prefix: str | Path, *, vocab_size: int, num_documents
     except OSError:
         same = False
     if not same:
-        _write_atomic(bin_file, body)
-        _write_atomic(idx_file, idx)
+        write_bytes_atomic(bin_file, body)
+        write_bytes_atomic(idx_file, idx)
     return prefix
 
 
