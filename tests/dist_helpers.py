@@ -18,11 +18,15 @@ def _entry(rank: int, world: int, store: str, fn: Callable[..., None], args: tup
     fn(rank, world, *args)        # a failure propagates with its traceback to the test
     dist.barrier()
     dist.destroy_process_group()
+    leave_cleanly()
+
+
+def leave_cleanly() -> None:
+    """End a spawned rank whose work has passed, without interpreter teardown: gloo's threads
+    can abort the process ("terminate called without an active exception") when process-group
+    objects are collected late during teardown, which would turn a pass into a spurious crash."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # The test has passed in this rank. Leave without interpreter teardown: gloo's threads can
-    # abort the process ("terminate called without an active exception") when process-group
-    # objects are collected late during teardown, which would turn a pass into a spurious crash.
     os._exit(0)
 
 

@@ -68,8 +68,13 @@ def _spawn_entry(rank: int, fn, world_size: int, store_dir: str, out_dir: str, p
     try:
         result = fn(rank, world_size, payload)
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    dist.destroy_process_group()
+    from dist_helpers import leave_cleanly
+
+    leave_cleanly()
 
 
 def spawn(fn, world_size: int, tmp_path: Path, payload: Any = None) -> list[Any]:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections import Counter
 
@@ -19,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from dist_helpers import leave_cleanly
+from runner.ports import free_port
 from workloads.gpt.config import GPTConfig
 from workloads.gpt.model import build_chunks, build_full_model
 from workloads.gpt.pipeline import BACKWARD, FORWARD, PipelineLayout, PipelineSchedule, schedule_actions, simulate
@@ -90,12 +91,6 @@ def _microbatches(cfg: GPTConfig, m: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pipeline_rank(rank: int, world: int, port: int, cfg_kwargs: dict, m: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -109,8 +104,11 @@ def _pipeline_rank(rank: int, world: int, port: int, cfg_kwargs: dict, m: int, o
         losses = sched.run(_microbatches(cfg, m))
         grads = {f"v{c.virtual_stage}.{n}": p.grad.clone() for c in chunks for n, p in c.named_parameters()}
         torch.save({"losses": losses, "grads": grads, "calls": calls}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    dist.destroy_process_group()
+    leave_cleanly()
 
 
 @pytest.mark.slow
@@ -119,7 +117,7 @@ def test_pipeline_matches_full_model(lpvs) -> None:
     pp, m = 4, 8
     cfg = GPTConfig(**CFG, pipeline_model_parallel_size=pp, num_layers_per_virtual_pipeline_stage=lpvs)
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(_pipeline_rank, args=(pp, _free_port(), dict(CFG, pipeline_model_parallel_size=pp,
+        mp.start_processes(_pipeline_rank, args=(pp, free_port(), dict(CFG, pipeline_model_parallel_size=pp,
                                                                        num_layers_per_virtual_pipeline_stage=lpvs),
                                                  m, tmp), nprocs=pp, start_method="spawn")
         res = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(pp)]
