@@ -57,3 +57,24 @@ def test_a2a_cases_spanning_both_nodes(slurm_cluster, tmp_path):
     for case in report["cases"]:
         nodes = nodes_of(case)
         assert sorted(nodes.values()) == ["n1", "n1", "n2", "n2"], nodes
+
+
+def test_gpt_ckpt_resume_across_two_nodes(slurm_cluster, tmp_path):
+    """Megatron's reference case (PP4 x VP x DP2, dist-opt, overlap, torch_dist, resume) with its
+    8 ranks as 2 nodes x 4, against the same cpu golden as the one-node run: the layout of
+    ranks over nodes must not change a single number."""
+    spec = yaml.safe_load((ROOT / "specs/functional/gpt3.yaml").read_text())
+    spec["defaults"]["resources"] = {"nodes": 2, "nproc_per_node": 4}
+    path = tmp_path / "gpt_two_nodes.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    name = "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_param_gather"
+    proc, report = run(slurm_cluster, tmp_path, f"{path}::{name}", "--golden-dir", str(ROOT / "golden"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (case,) = report["cases"]
+    assert case["verdict"] == "PASSED", case["detail"]
+    assert [launch["name"] for launch in case["launches"]] == ["run1", "run2"]
+    checks = {c["name"] for c in case["checks"]}
+    assert "resume:lm loss" in checks and "golden:lm loss:deterministic" in checks
+    for launch in case["launches"]:
+        nodes = nodes_of({"launches": [launch]})
+        assert sorted(nodes.values()) == ["n1"] * 4 + ["n2"] * 4, nodes
