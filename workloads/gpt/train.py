@@ -295,7 +295,7 @@ class Trainer:
 
     # -- one iteration ----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        cfg, g = self.cfg, self.g
+        cfg = self.cfg
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.schedule.tracker = self.memory.begin()
