@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# the ranks import the project too, also when it is not installed
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
-from runner.model import Launch  # noqa: E402
+from backends.local import LocalBackend  # noqa: E402
+from runner.backend import run_launch as run_via_backend  # noqa: E402
+from runner.model import Launch, Outcome  # noqa: E402
 from runner.results import ResultsDir  # noqa: E402
 
 CPU_PROFILE = dict(num_layers=8, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
@@ -43,21 +46,14 @@ CPU_PROFILE = dict(num_layers=8, hidden_size=64, num_attention_heads=4, seq_leng
 
 
 def run_launch(results_dir: Path, args: dict, nproc: int, timeout: float = 900) -> ResultsDir:
-    results_dir.mkdir(parents=True, exist_ok=True)
+    """Run the gpt worker on ``nproc`` ranks through the local backend (torchrun)."""
     launch = Launch(case_id="bench::gpt", name=results_dir.name, kind="gpt", entry="workloads.gpt.worker:run",
                     args=args, nodes=1, nproc_per_node=nproc, gpus_per_node=0, env={}, timeout=timeout,
                     results_dir=str(results_dir), job_name="bench-gpt")
-    (results_dir / "launch.json").write_text(json.dumps(launch.to_json()))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "-m", "runner.worker",
-                           str(results_dir / "launch.json")], env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    res = ResultsDir(results_dir)
-    if proc.returncode != 0:
-        raise SystemExit(f"{results_dir.name}: workers failed\n{proc.stderr[-3000:]}\n{res.log_tail(0, 30)}")
-    return res
+    outcome = run_via_backend(LocalBackend(), launch)
+    if outcome.outcome is not Outcome.COMPLETED:
+        raise SystemExit(f"{results_dir.name}: workers failed: {outcome.detail}\n{outcome.log_tail}")
+    return ResultsDir(results_dir)
 
 
 def step_stats(res: ResultsDir, skip: int) -> dict[str, float]:

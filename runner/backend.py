@@ -198,3 +198,22 @@ def torchrun_root_cause(rd: ResultsDir) -> tuple[int, int] | None:
         if m_rank and m_code:
             return int(m_rank.group(1)), int(m_code.group(1))
     return None
+
+
+def run_launch(backend: Backend, launch: Launch) -> LaunchOutcome:
+    """Run one launch to its end through a backend, outside a session (benchmarks, tests):
+    write launch.json, submit, poll until done (cancelling at the time limit), collect."""
+    import json
+    import time
+    from pathlib import Path
+
+    rdir = Path(launch.results_dir)
+    rdir.mkdir(parents=True, exist_ok=True)
+    (rdir / "launch.json").write_text(json.dumps(launch.to_json()))
+    handle = backend.submit(launch)
+    started = time.monotonic()
+    while not backend.poll([handle])[handle.id].done:
+        if handle.cancel_reason is None and time.monotonic() - started > launch.timeout:
+            backend.cancel(handle, "timeout")
+        time.sleep(backend.poll_interval)
+    return backend.collect(handle)

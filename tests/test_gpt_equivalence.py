@@ -24,23 +24,20 @@ two layouts draw their dropout masks from different RNG streams (by design, as i
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from runner.model import Launch
+from backends.local import LocalBackend
+from runner.backend import run_launch
+from runner.model import Launch, Outcome
 from runner.results import ResultsDir
 from workloads.gpt.config import GPTConfig
 from workloads.gpt.data import GPTSamples, IndexedDataset, MicroBatchIterator, build_synthetic_corpus
 from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
 from workloads.gpt.model import build_full_model
 
-ROOT = Path(__file__).resolve().parent.parent
 RTOL = 1e-6
 
 ARGS = dict(num_layers=8, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
@@ -53,23 +50,14 @@ PARALLEL = dict(pipeline_model_parallel_size=4, num_layers_per_virtual_pipeline_
 
 
 def run_workers(results_dir: Path, args: dict, nproc: int, timeout: float = 300) -> ResultsDir:
-    """Run the gpt worker on ``nproc`` ranks with torchrun, the way the local backend does."""
-    results_dir.mkdir(parents=True, exist_ok=True)
+    """Run the gpt worker on ``nproc`` ranks through the local backend (torchrun)."""
     launch = Launch(case_id="test::gpt", name=results_dir.name, kind="gpt", entry="workloads.gpt.worker:run",
                     args=args, nodes=1, nproc_per_node=nproc, gpus_per_node=0, env={}, timeout=timeout,
                     results_dir=str(results_dir), job_name="test-gpt")
-    (results_dir / "launch.json").write_text(json.dumps(launch.to_json()))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                           "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "-m", "runner.worker",
-                           str(results_dir / "launch.json")], env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-    res = ResultsDir(results_dir)
-    if proc.returncode != 0:
-        logs = "\n".join(f"--- rank {r}\n{res.log_tail(r, 15)}" for r in range(nproc))
-        raise AssertionError(f"workers failed ({proc.returncode}):\n{proc.stderr[-2000:]}\n{logs}")
-    return res
+    outcome = run_launch(LocalBackend(), launch)
+    if outcome.outcome is not Outcome.COMPLETED:
+        raise AssertionError(f"workers failed: {outcome.detail}\n{outcome.log_tail}")
+    return ResultsDir(results_dir)
 
 
 def reference_losses(cfg: GPTConfig, corpus_prefix: Path) -> dict[int, float]:
