@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from runner.errors import UsageError, did_you_mean
-from runner.model import Launch
+from runner.records import Launch
 
 #: label/annotation prefix of everything this backend creates
 LABEL_PREFIX = "dist-spec-runner"

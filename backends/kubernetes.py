@@ -17,7 +17,7 @@ What it does (manifests: ``backends.k8s_manifests``):
   nothing runs) and the Service.
 * ``collect`` -- saves each pod's log (and the previous container's, after a restart) into
   ``<results_dir>/logs/launcher-pod{index}.log``, deletes the Job and Service, waits until
-  no pod of the Job is left, and classifies with ``runner.backend.outcome_from_records``.
+  no pod of the Job is left, and classifies with ``runner.run.backend.outcome_from_records``.
 
 Classification (the completion records in the results dir decide pass/fail):
 
@@ -53,10 +53,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from runner.backend import Backend, Handle, JobState, Rendered, outcome_from_records
+from runner.run.backend import Backend, Handle, JobState, Rendered, outcome_from_records
 from runner.errors import UsageError
 from runner.hookspecs import hookimpl
-from runner.model import Launch, LaunchOutcome, Outcome
+from runner.records import Launch, LaunchOutcome, Outcome
 
 from backends import k8s_manifests as km
 

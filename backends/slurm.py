@@ -22,7 +22,7 @@ or Slurm's own time limit (TIMEOUT).
 
 Every string that comes from a spec reaches the script through ``shlex.quote`` (the shell
 body and the ``#SBATCH`` lines, which sbatch splits with shell-like quoting); job names are
-sanitised by ``runner.backend.job_name``; values that could break a line are rejected.
+sanitised by ``runner.run.backend.job_name``; values that could break a line are rejected.
 """
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ from backends.slurm_status import (
     parse_scontrol_jobs,
     parse_squeue_json,
 )
-from runner.backend import Backend, Capacity, Handle, JobState, Rendered, outcome_from_records
+from runner.run.backend import Backend, Capacity, Handle, JobState, Rendered, outcome_from_records
 from runner.errors import UsageError
 from runner.hookspecs import hookimpl
-from runner.model import Launch, LaunchOutcome, Outcome
+from runner.records import Launch, LaunchOutcome, Outcome
 
 SCRIPT_NAME = "slurm-job.sh"
 LAUNCHER_LOG = "launcher-%j.log"

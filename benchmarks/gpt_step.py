@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 # the ranks import the project too, also when it is not installed
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
-from backends.local import LocalBackend  # noqa: E402
-from runner.backend import run_launch as run_via_backend  # noqa: E402
-from runner.model import Launch, Outcome  # noqa: E402
+from backends.local.backend import LocalBackend  # noqa: E402
+from runner.run.backend import run_launch as run_via_backend  # noqa: E402
+from runner.records import Launch, Outcome  # noqa: E402
 from runner.results import ResultsDir  # noqa: E402
 
 CPU_PROFILE = dict(num_layers=8, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,

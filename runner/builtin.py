@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from runner.hookspecs import hookimpl
-from runner.model import Case, LaunchOutcome, Outcome
+from runner.records import Case, LaunchOutcome, Outcome
 
 
 @hookimpl(trylast=True)

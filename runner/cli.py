@@ -101,7 +101,7 @@ def _load(ns: argparse.Namespace):
 
 
 def _options(ns: argparse.Namespace, config) -> "object":
-    from runner.session import Options
+    from runner.run.session import Options
 
     paths = list(getattr(ns, "paths", []) or [])
     if not paths:
@@ -144,7 +144,7 @@ def _backend(session):
 
 
 def _session(ns: argparse.Namespace):
-    from runner.session import Session
+    from runner.run.session import Session
 
     config, plugins = _load(ns)
     options = _options(ns, config)
@@ -217,9 +217,9 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
 
 
 def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
-    from runner.model import Verdict
+    from runner.records import Verdict
     from runner.report.terminal import TerminalReporter
-    from runner.scheduler import Scheduler
+    from runner.run.scheduler import Scheduler
 
     session = _session(ns)
     if golden_update:
@@ -256,7 +256,7 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     reporter.summary(results, elapsed)
     rewritten: set[str] = set()
     if golden_update and not scheduler.interrupted:
-        from runner.golden_update import update_goldens
+        from runner.compare.golden_update import update_goldens
 
         rewritten = update_goldens(session, results, only_failing=ns.only_failing, out=reporter)
     # under `golden update`, a case that failed only against the golden it just rewrote is done

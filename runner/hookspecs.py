@@ -14,7 +14,7 @@ Phases::
     compare    runner_case_checks
     report     runner_case_result, runner_session_finish
 
-The built-in backends (``backends.local``, ``backends.slurm``, ``backends.kubernetes``)
+The built-in backends (``backends.local.backend``, ``backends.slurm``, ``backends.kubernetes``)
 and case kinds (``runner.kinds.script``, ``workloads.moe.kind``, ``workloads.gpt.kind``)
 use exactly these hooks.
 """
@@ -27,10 +27,10 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
-    from runner.kind import LaunchPlan
-    from runner.model import Case, CaseResult, CheckResult, Launch, LaunchOutcome
+    from runner.plan.kind import LaunchPlan
+    from runner.records import Case, CaseResult, CheckResult, Launch, LaunchOutcome
     from runner.plugins import BackendRegistry, KindRegistry
-    from runner.session import Session
+    from runner.run.session import Session
 
 PROJECT = "runner"
 hookspec = pluggy.HookspecMarker(PROJECT)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from runner.model import Case, Launch, LaunchOutcome, Outcome, Resources
+from runner.records import Case, Launch, LaunchOutcome, Outcome, Resources
 
 REPO = Path(__file__).resolve().parent.parent
 

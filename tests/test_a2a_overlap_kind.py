@@ -15,7 +15,7 @@ import pytest
 
 from moe_helpers import REPO, make_case, run_worker
 from runner.errors import CaseError
-from runner.kind import CompareContext
+from runner.plan.kind import CompareContext
 from workloads.moe.faults import FAULTS
 from workloads.moe.kind import DEFAULTS, FAULT_NAMES, A2AOverlapKind
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from backends.local import LocalBackend
-from runner.backend import run_launch
-from runner.model import Launch, Outcome
+from backends.local.backend import LocalBackend
+from runner.run.backend import run_launch
+from runner.records import Launch, Outcome
 from runner.results import ResultsDir
 from workloads.gpt.config import GPTConfig
 from workloads.gpt.data import GPTSamples, IndexedDataset, MicroBatchIterator, build_synthetic_corpus

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import CaseError
-from runner.model import Case, Launch, LaunchOutcome, Outcome, Resources
+from runner.records import Case, Launch, LaunchOutcome, Outcome, Resources
 from workloads.gpt.kind import ARGS_SCHEMA, GPTKind, resume_iteration
 from workloads.gpt.config import GPTConfig
 
@@ -183,7 +183,7 @@ def test_ckpt_resume_passes_and_every_planted_bug_fails(runner_project) -> None:
     data = json.loads(golden.read_text())
     data["lm loss"]["values"]["2"] = data["lm loss"]["values"]["2"] + 1e-4
     golden.write_text(json.dumps(data))
-    from runner.kind import CompareContext
+    from runner.plan.kind import CompareContext
 
     launches = [Launch.from_json(json.loads(Path(la["results_dir"], "launch.json").read_text()))
                 for la in clean["launches"]]

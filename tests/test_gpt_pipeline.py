@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dist_helpers import leave_cleanly
-from runner.ports import free_port
+from backends.local.ports import free_port
 from workloads.gpt.config import GPTConfig
 from workloads.gpt.model import build_chunks, build_full_model
 from workloads.gpt.pipeline import BACKWARD, FORWARD, PipelineLayout, PipelineSchedule, schedule_actions, simulate

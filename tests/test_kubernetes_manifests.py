@@ -20,9 +20,9 @@ import yaml
 from backends import k8s_manifests as km
 from backends.kubernetes import KubernetesBackend
 from k8s_standin import _semantic_errors, expand_k8s_vars
-from runner.backend import job_name
+from runner.run.backend import job_name
 from runner.errors import UsageError
-from runner.model import Launch
+from runner.records import Launch
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 REPO = Path(__file__).resolve().parents[1]
@@ -226,7 +226,7 @@ def test_submit_without_image_is_a_usage_error() -> None:
 def test_module_imports_and_renders_without_the_kubernetes_package() -> None:
     code = ("import sys; sys.modules['kubernetes'] = None\n"
             "from backends.kubernetes import KubernetesBackend\n"
-            "from runner.model import Launch\n"
+            "from runner.records import Launch\n"
             "l = Launch('c::x', 'main', 'k', 'm:f', {}, 1, 1, 0, {}, 10.0, '/r/c/main', 'x-main')\n"
             "print(KubernetesBackend({'image': 'i'}).render(l).text.count('kind: Job'))\n"
             "try:\n"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.backend import job_name
-from runner.model import Launch, Outcome
+from runner.run.backend import job_name
+from runner.records import Launch, Outcome
 
 pytestmark = [
     pytest.mark.real_cluster,

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from runner.backend import Handle
-from runner.model import Launch, LaunchOutcome, Outcome
+from runner.run.backend import Handle
+from runner.records import Launch, LaunchOutcome, Outcome
 
 pytest.importorskip("kubernetes")
 from backends.kubernetes import KubernetesBackend  # noqa: E402

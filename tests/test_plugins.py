@@ -92,7 +92,7 @@ def test_p_flag_loads_a_module_and_reports_failure(runner_project, tmp_path):
 
 
 def test_duplicate_ids_are_an_error():
-    from runner.backend import Backend
+    from runner.run.backend import Backend
 
     class Dup(Backend):
         id = "local"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.backend import Backend, Capacity, Handle, JobState, outcome_from_records
+from runner.run.backend import Backend, Capacity, Handle, JobState, outcome_from_records
 from runner.config import ProjectConfig
-from runner.model import Verdict
+from runner.records import Verdict
 from runner.plugins import PluginManager
-from runner.scheduler import Scheduler
-from runner.session import Options, Session
+from runner.run.scheduler import Scheduler
+from runner.run.session import Options, Session
 
 WORKER = textwrap.dedent('''
     import json, os, sys, time

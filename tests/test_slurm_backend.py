@@ -26,9 +26,9 @@ from backends.slurm_status import (
     parse_squeue_json,
     split_state,
 )
-from runner.backend import Handle, job_name
+from runner.run.backend import Handle, job_name
 from runner.errors import UsageError
-from runner.model import Launch, Outcome
+from runner.records import Launch, Outcome
 from runner.results import write_json_atomic
 
 HOSTILE_NAMES = ['x"; touch PWNED; echo "', "$(touch PWNED)", "`touch PWNED`", "a'b; touch PWNED #"]

@@ -24,8 +24,8 @@ import pytest
 
 from backends.slurm import SlurmBackend
 from backends.slurm_status import parse_scontrol_jobs, parse_squeue_json
-from runner.backend import Handle, job_name
-from runner.model import Launch, Outcome
+from runner.run.backend import Handle, job_name
+from runner.records import Launch, Outcome
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

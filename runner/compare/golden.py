@@ -38,7 +38,7 @@ from deepdiff.model import CUSTOM_FIELD
 from deepdiff.operator import BaseOperator
 
 from runner.errors import UsageError
-from runner.model import Case, CheckResult
+from runner.records import Case, CheckResult
 from runner.results import write_json_atomic
 
 LEGACY_DECIMALS = 5
@@ -382,7 +382,7 @@ def series_equal(name: str, expected: Mapping[int, float], actual: Mapping[int, 
 def golden_checks(case: Case, metrics: Mapping[str, Mapping[int, float]], ctx: Any) -> list[CheckResult]:
     """Find the case's golden file and check ``metrics`` against it with the case's rules.
 
-    ``ctx`` is a runner.kind.CompareContext. Under ``runner golden update`` a missing golden
+    ``ctx`` is a runner.plan.kind.CompareContext. Under ``runner golden update`` a missing golden
     gives a skipped check instead of a failure.
     """
     path = golden_path_for(case, ctx.golden_root, ctx.environment)

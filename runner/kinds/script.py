@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 
 from runner.errors import CaseError
 from runner.hookspecs import hookimpl
-from runner.kind import CaseKind, CompareContext, LaunchPlan
-from runner.model import Case, CheckResult, LaunchOutcome
+from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
+from runner.records import Case, CheckResult, LaunchOutcome
 from runner.results import ResultsDir
 
 

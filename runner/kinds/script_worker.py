@@ -5,7 +5,7 @@ import os
 import runpy
 import sys
 
-from runner.worker_api import WorkerContext
+from runner.worker.context import WorkerContext
 
 
 def run(ctx: WorkerContext) -> None:

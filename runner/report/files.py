@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runner.errors import UsageError
-from runner.model import CaseResult, Verdict
+from runner.records import CaseResult, Verdict
 
 
 def _atomic_write(path: Path, text: str) -> None:

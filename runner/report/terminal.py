@@ -8,7 +8,7 @@ from typing import Sequence, TextIO
 
 from tabulate import tabulate
 
-from runner.model import CaseResult, Verdict
+from runner.records import CaseResult, Verdict
 
 _COLORS = {
     Verdict.PASSED: "32", Verdict.XFAIL: "33", Verdict.SKIPPED: "33", Verdict.FAILED: "31",

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from runner.errors import CaseError, SpecError, UsageError, did_you_mean
-from runner.model import Case, Location, Resources
-from runner.platform import profile_candidates
+from runner.records import Case, Location, Resources
+from runner.platforms import profile_candidates
 from runner.spec.schema import suite_schema, validate
 from runner.spec.yamlpos import dotted, load_with_positions
 

@@ -8,7 +8,7 @@ from importlib import resources
 from typing import Any, Mapping
 
 from runner.errors import SpecError, did_you_mean
-from runner.model import Location
+from runner.records import Location
 from runner.spec.yamlpos import dotted
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from runner.errors import SpecError
-from runner.model import Location
+from runner.records import Location
 
 Path_ = tuple  # a key path: tuple of str | int
 

@@ -27,8 +27,8 @@ from typing import Any, Mapping, Sequence
 
 from runner.errors import CaseError
 from runner.hookspecs import hookimpl
-from runner.kind import CaseKind, CompareContext, LaunchPlan
-from runner.model import Case, CheckResult, LaunchOutcome
+from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
+from runner.records import Case, CheckResult, LaunchOutcome
 from workloads.gpt.config import BUILTIN_DATA, ConfigError, GPTConfig
 from workloads.gpt.faults import FAULTS
 

@@ -371,7 +371,7 @@ class Trainer:
 
 
 def train(ctx, cfg: GPTConfig, opts: RunOptions) -> None:
-    """Run one training launch in this rank (ctx: runner.worker_api.WorkerContext)."""
+    """Run one training launch in this rank (ctx: runner.worker.context.WorkerContext)."""
     from workloads.common.determinism import deterministic, seed_everything
 
     ctx.init_distributed()

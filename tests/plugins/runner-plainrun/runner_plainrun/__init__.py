@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from runner.backend import Backend, Handle, JobState, Rendered, outcome_from_records
+from runner.run.backend import Backend, Handle, JobState, Rendered, outcome_from_records
 from runner.hookspecs import hookimpl
 
 

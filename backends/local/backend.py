@@ -20,13 +20,13 @@ import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from runner import proctree
-from runner.backend import Backend, Capacity, Handle, JobState, Rendered, outcome_from_records
+from backends.local import proctree
+from runner.run.backend import Backend, Capacity, Handle, JobState, Rendered, outcome_from_records
 from runner.errors import UsageError
 from runner.hookspecs import hookimpl
-from runner.model import Launch, LaunchOutcome
-from runner.platform import gpu_count
-from runner.ports import free_port
+from runner.records import Launch, LaunchOutcome
+from runner.platforms import gpu_count
+from backends.local.ports import free_port
 
 
 class LocalBackend(Backend):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from runner.model import Case, CheckResult, LaunchOutcome
+from runner.records import Case, CheckResult, LaunchOutcome
 
 
 @dataclass(frozen=True)

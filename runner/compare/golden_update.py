@@ -12,8 +12,8 @@ import math
 from typing import Any, Sequence
 
 from runner.compare.golden import golden_path_for, load_golden, write_golden
-from runner.model import CaseResult, Outcome, Verdict
-from runner.platform import fingerprint
+from runner.records import CaseResult, Outcome, Verdict
+from runner.platforms import fingerprint
 
 
 def update_goldens(session: Any, results: Sequence[CaseResult], *, only_failing: bool, out: Any) -> set[str]:

@@ -11,7 +11,7 @@ A backend knows launches, never case kinds. Life of a launch::
 
 The runner owns time limits: at ``launch.timeout`` it calls ``cancel(handle, "timeout")``
 and keeps polling until the job is gone. ``collect`` should read the results dir's
-completion records (``runner.backend.outcome_from_records`` does the common part) and only
+completion records (``runner.run.backend.outcome_from_records`` does the common part) and only
 add what the scheduler knows (node failures, preemption, evictions -> INFRA).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
-from runner.model import Launch, LaunchOutcome, Outcome
+from runner.records import Launch, LaunchOutcome, Outcome
 from runner.results import ResultsDir
 
 

@@ -15,7 +15,7 @@ import time
 import traceback
 
 from runner.results import write_json_atomic
-from runner.worker_api import WorkerContext, read_launch
+from runner.worker.context import WorkerContext, read_launch
 
 
 def _redirect_output(path) -> None:

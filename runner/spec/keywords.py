@@ -10,7 +10,7 @@ import re
 from typing import Callable
 
 from runner.errors import UsageError
-from runner.model import Case
+from runner.records import Case
 
 _TOKEN = re.compile(r"\s*(\(|\)|[^\s()]+)")
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from runner.backend import Backend, Handle
+from runner.run.backend import Backend, Handle
 from runner.errors import UsageError
-from runner.model import Case, CaseResult, Launch, LaunchOutcome, Outcome, Verdict
+from runner.records import Case, CaseResult, Launch, LaunchOutcome, Outcome, Verdict
 from runner.results import write_json_atomic
-from runner.verdict import decide, skipped
+from runner.compare.verdict import decide, skipped
 
 
 @dataclass

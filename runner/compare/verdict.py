@@ -5,7 +5,7 @@ import traceback
 from typing import Any, Sequence
 
 from runner.errors import UsageError
-from runner.model import Case, CaseResult, CheckResult, LaunchOutcome, Outcome, Verdict
+from runner.records import Case, CaseResult, CheckResult, LaunchOutcome, Outcome, Verdict
 
 _OUTCOME_VERDICT = {
     Outcome.ERROR: Verdict.ERROR,

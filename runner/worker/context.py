@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from runner.model import Launch
+from runner.records import Launch
 from runner.results import ResultsDir, json_line, write_json_atomic
 
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from runner.backend import job_name
+from runner.run.backend import job_name
 from runner.config import ProjectConfig
 from runner.errors import UsageError
-from runner.kind import CompareContext
-from runner.model import Case, Launch
+from runner.plan.kind import CompareContext
+from runner.records import Case, Launch
 from runner.plugins import PluginManager
-from runner.select import compile_keyword
+from runner.spec.keywords import compile_keyword
 from runner.spec.loader import SpecLoader
 
 
@@ -45,7 +45,7 @@ class Options:
 
 class Session:
     def __init__(self, options: Options, plugins: PluginManager, config: ProjectConfig) -> None:
-        from runner.platform import detect_platform
+        from runner.platforms import detect_platform
 
         self.options = options
         self.plugins = plugins

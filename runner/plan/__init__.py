@@ -1,0 +1,1 @@
+"""Planning: the case-kind contract (what a kind of test is, how its launches are planned)."""

@@ -1,0 +1,1 @@
+"""Running: the backend contract, the session and the scheduler that drives backends."""
