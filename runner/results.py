@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from runner.errors import UsageError
+
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers never see half a file."""
@@ -45,6 +47,20 @@ def write_bytes_atomic(path: Path, payload: bytes) -> None:
 
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=indent, allow_nan=True) + "\n").encode())
+
+
+class MetricsError(UsageError):
+    """A metrics file the ranks wrote cannot be read: the case is an ERROR naming file and line."""
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetricsError(f"{path}: not valid UTF-8 at byte {exc.start}") from None
+    except OSError as exc:
+        raise MetricsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return text.splitlines()
 
 
 class ResultsDir:
@@ -97,23 +113,24 @@ class ResultsDir:
             return out
         files = sorted(mdir.glob("rank*.jsonl"), key=lambda p: int(p.stem[4:]))
         for f in files:
-            for line in f.read_text().splitlines():
+            for lineno, line in enumerate(_read_lines(f), 1):
                 line = line.strip()
                 if not line:
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
-                step = rec.get("step")
-                if not isinstance(step, int):
-                    continue
+                except (json.JSONDecodeError, ValueError) as exc:
+                    raise MetricsError(f"{f}:{lineno}: malformed metrics line ({exc}): {line[:80]!r}") from None
+                step = rec.get("step") if isinstance(rec, dict) else None
+                if not isinstance(step, int) or isinstance(step, bool):
+                    raise MetricsError(f"{f}:{lineno}: a metrics line must be an object with an integer "
+                                       f"'step': {line[:80]!r}")
                 for key, value in rec.items():
                     if key == "step":
                         continue
                     if value is None:
                         value = math.nan
-                    if isinstance(value, (int, float)):
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
                         out.setdefault(key, {}).setdefault(step, float(value))
         return out
 

@@ -125,16 +125,9 @@ def _number(value: Any, where: str) -> float:
 
 def load_golden(path: str | Path) -> GoldenFile:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: golden file not found") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read golden file: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: malformed golden file: {exc.msg}") from None
+    from runner.spec.bounded import load_json_file   # size, depth, UTF-8 and number bounds, positioned
+
+    data = load_json_file(path, what="golden")
     if not isinstance(data, dict):
         raise UsageError(f"{path}: golden file must hold an object of metrics, got {type(data).__name__}")
     metrics: dict[str, GoldenSeries] = {}

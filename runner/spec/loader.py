@@ -12,11 +12,14 @@ from typing import Any, Iterable, Mapping
 from runner.errors import CaseError, SpecError, UsageError, did_you_mean
 from runner.records import Case, Location, Resources
 from runner.platforms import profile_candidates
+from runner.spec.bounded import check_name_component, read_text
 from runner.spec.schema import suite_schema, validate
 from runner.spec.yamlpos import dotted, load_with_positions
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: a template's pieces: '{{' and '}}' are literal braces, '{name}' a placeholder
+_TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 MERGED_MAPPINGS = ("args", "resources", "env", "golden", "compare", "profiles")
 
@@ -111,6 +114,8 @@ def _substitute(value: Any, combo: Mapping[str, Any], where: str, file: str, loc
 
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
+            if name is None:
+                return m.group()[0]   # '{{' -> '{', '}}' -> '}'
             if name not in combo:
                 known = ", ".join(sorted(combo)) or "none (the case has no matrix)"
                 raise SpecError(f"unknown placeholder '{{{name}}}'{did_you_mean(name, combo)}; matrix axes: {known} "
@@ -118,8 +123,7 @@ def _substitute(value: Any, combo: Mapping[str, Any], where: str, file: str, loc
                                 file=file, line=loc.line if loc else None, col=loc.col if loc else None, key=where)
             return str(combo[name])
 
-        out = _PLACEHOLDER.sub(repl, value)
-        return out.replace("{{", "{").replace("}}", "}")
+        return _TEMPLATE.sub(repl, value)
     if isinstance(value, list):
         return [_substitute(v, combo, where, file, loc) for v in value]
     if isinstance(value, dict):
@@ -172,10 +176,7 @@ class SpecLoader:
 
     def load_file(self, file: Path) -> list[Case]:
         fname = str(file)
-        try:
-            text = file.read_text()
-        except OSError as exc:
-            raise UsageError(f"{fname}: cannot read: {exc.strerror}") from None
+        text = read_text(file, what="spec")
         data, positions = load_with_positions(text, fname)
         if data is None:
             raise SpecError("empty spec file (expected 'cases:')", file=fname, line=1, col=1)
@@ -226,6 +227,8 @@ class SpecLoader:
 
         if any(ch in name for ch in "/\0\n"):
             raise err("name", "a case name may not contain '/', newlines or NUL")
+        if (why := check_name_component(name, what="a case name")) is not None:
+            raise err("name", why)
         # the expanded case again, now that placeholders hold their axis values
         case_schema = {"$ref": "#/$defs/case", "$defs": suite_schema()["$defs"]}
         validate(dict(d), case_schema, file=fname, positions=_ArgPositions(pos, profiles),
@@ -268,10 +271,16 @@ class SpecLoader:
         schema = dict(kind.args_schema)
         validate(case.args, schema, file=fname, positions=_ArgPositions(pos, profiles),
                  prefix=("args",), what=f" (case '{name}', kind '{kind_id}')")
+        golden_name = case.golden.get("name")
+        if isinstance(golden_name, str) and (why := check_name_component(golden_name, what="golden.name")):
+            raise err("golden.name", why + " under the golden root")
         try:
             kind.validate(case)
         except CaseError as exc:
             raise err(exc.key, exc.bare_message) from None
+        except OSError as exc:   # e.g. a path component longer than the filesystem allows
+            key = _key_holding(case.args, str(exc.filename or ""), "args")
+            raise err(key, f"cannot use path {_short(str(exc.filename or ''))}: {exc.strerror or exc}") from None
         return case
 
 
@@ -295,6 +304,26 @@ class _ArgPositions(Mapping):
 
     def __len__(self) -> int:
         return 0
+
+
+def _key_holding(obj: Any, needle: str, path: str) -> str:
+    """The dotted key of the first string in ``obj`` that ``needle`` (a file name) ends with."""
+
+    def find(o: Any, p: str) -> str | None:
+        if isinstance(o, str):
+            return p if o and needle.endswith(o.rstrip("/")) else None
+        items = o.items() if isinstance(o, Mapping) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            hit = find(v, f"{p}[{k}]" if isinstance(k, int) else f"{p}.{k}")
+            if hit:
+                return hit
+        return None
+
+    return find(obj, path) or path
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _env_str(v: Any) -> str:

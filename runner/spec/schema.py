@@ -73,6 +73,32 @@ def _is_placeholder(value: Any) -> bool:
     return isinstance(value, str) and bool(_WHOLE_PLACEHOLDER.match(value))
 
 
+_SCALAR_TYPES = frozenset({"string", "integer", "number", "boolean", "null"})
+
+
+def _admits_scalar(schema: Any) -> bool:
+    """Could some scalar satisfy ``schema``? (False where only a mapping or a list will do.)"""
+    if not isinstance(schema, Mapping):
+        return True
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return any(t in _SCALAR_TYPES for t in types)
+    for key in ("oneOf", "anyOf"):
+        if key in schema:
+            return any(_admits_scalar(s) for s in schema[key])
+    return True
+
+
+def _exempt(error) -> bool:
+    """A whole "{axis}" placeholder is checked after expansion, but only where a scalar may stand."""
+    if not _is_placeholder(error.instance):
+        return False
+    if error.validator == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return any(t in _SCALAR_TYPES for t in types)
+    return _admits_scalar(error.schema)
+
+
 def validate(data: Any, schema: Mapping[str, Any], *, file: str, positions: Mapping[tuple, Location],
              prefix: tuple = (), what: str = "", allow_placeholders: bool = False) -> None:
     """Raise SpecError for the first (deepest, earliest) schema violation.
@@ -82,7 +108,7 @@ def validate(data: Any, schema: Mapping[str, Any], *, file: str, positions: Mapp
     """
     errors = list(_validator(schema).iter_errors(data))
     if allow_placeholders:
-        errors = [e for e in errors if not _is_placeholder(e.instance)]
+        errors = [e for e in errors if not _exempt(e)]
     if not errors:
         return
 
