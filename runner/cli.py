@@ -251,9 +251,15 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
         results = scheduler.run(cases)
     finally:
         backend.close()
+        session.release()
     elapsed = time.monotonic() - started
     reporter.table(results)
     reporter.summary(results, elapsed)
+    if scheduler.internal_error:   # everything was stopped and the table printed; now the bug
+        print(scheduler.internal_error, file=sys.stderr, end="")
+        print("error: internal error (the traceback above is a bug in the runner or a plugin); "
+              "every launch was stopped", file=sys.stderr)
+        return EXIT_INTERNAL
     rewritten: set[str] = set()
     if golden_update and not scheduler.interrupted:
         from runner.compare.golden_update import update_goldens

@@ -7,6 +7,10 @@ their own; every process of the launch carries a token in its environment, so a 
 or Ctrl-C reaches torchrun's workers too (torchrun starts them in sessions of their own):
 SIGTERM to all of them, SIGKILL after a grace period, nothing left running. On a machine
 with GPUs each launch gets its own slice of ``CUDA_VISIBLE_DEVICES``.
+
+The runner's own death is covered too (``backends.local.ownership``): agents and workers get
+SIGKILL from the kernel when their parent dies, each launch is recorded under
+``<results root>/.runner/local/``, and ``sweep`` ends what a dead earlier run left behind.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from backends.local import proctree
+from backends.local import ownership, proctree
 from runner.run.backend import Backend, Capacity, Handle, JobState, Rendered, outcome_from_records
 from runner.errors import UsageError
 from runner.hookspecs import hookimpl
@@ -94,6 +98,11 @@ class LocalBackend(Backend):
                              f"of {self._gpus} on this machine")
         taken, self._free_gpus = self._free_gpus[:gpus_needed], self._free_gpus[gpus_needed:]
         token = uuid.uuid4().hex
+        record = None
+        if launch.results_root:
+            record = ownership.write_record(launch.results_root, ownership.LaunchRecord(
+                token=token, owner_pid=os.getpid(), owner_start=ownership.start_time(os.getpid()),
+                case_id=launch.case_id, results_dir=launch.results_dir))
         port = free_port()
         logs = Path(launch.results_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -109,13 +118,14 @@ class LocalBackend(Backend):
             with open(logs / name, "ab") as out:
                 proc = subprocess.Popen(self._agent_cmd(launch, node, port), env=env, stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        process_group=pgid, cwd=os.getcwd())
+                                        process_group=pgid, cwd=os.getcwd(),
+                                        preexec_fn=ownership.preexec_die_with_runner)
             if pgid == 0:
                 pgid = proc.pid
             procs.append(proc)
         return Handle(id=str(procs[0].pid), launch=launch, submitted_at=time.monotonic(),
                       data={"procs": procs, "token": token, "pgid": pgid, "gpus": taken,
-                            "term_at": None, "first_exit": None})
+                            "term_at": None, "first_exit": None, "record": record})
 
     def poll(self, handles: Sequence[Handle]) -> Mapping[str, JobState]:
         states: dict[str, JobState] = {}
@@ -143,6 +153,9 @@ class LocalBackend(Backend):
                     states[h.id] = JobState(False, "STOPPING")
                     continue
                 worst = next((c for c in codes if c != 0), 0)
+                if h.data.get("record") is not None:
+                    ownership.mark_ended(h.data["record"])
+                    h.data["record"] = None
                 states[h.id] = JobState(True, "EXITED", f"exit code {worst}")
             else:
                 states[h.id] = JobState(False, "RUNNING")
@@ -170,6 +183,10 @@ class LocalBackend(Backend):
         return outcome_from_records(handle.launch, exit_code=worst,
                                     duration=time.monotonic() - handle.submitted_at,
                                     cancel_reason=handle.cancel_reason)
+
+    def sweep(self, results_root: str | os.PathLike[str]) -> list[str]:
+        """End leftovers of dead earlier runs of this results root (never anyone else's)."""
+        return ownership.sweep(results_root)
 
     def close(self) -> None:
         pass

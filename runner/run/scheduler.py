@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from runner.run.backend import Backend, Handle
+from runner.run.cleanup import StopEverything
 from runner.errors import UsageError
 from runner.records import Case, CaseResult, Launch, LaunchOutcome, Outcome, Verdict
 from runner.results import write_json_atomic
@@ -42,7 +44,8 @@ class Interrupted(Exception):
 class Scheduler:
     def __init__(self, session: Any, backend: Backend, *, jobs: int | None = None, exitfirst: bool = False,
                  on_result: Callable[[CaseResult], None] | None = None,
-                 on_progress: Callable[[int, int, int], None] | None = None) -> None:
+                 on_progress: Callable[[int, int, int], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.backend = backend
         self.jobs = jobs
@@ -51,7 +54,10 @@ class Scheduler:
         self.on_progress = on_progress or (lambda done, running, total: None)
         cap = backend.capacity()
         self.cap_cpus, self.cap_gpus = cap.cpus, cap.gpus
+        self.on_warning = on_warning or (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
         self.interrupted = False
+        #: the formatted traceback when the loop stopped on an unexpected exception (exit 3)
+        self.internal_error: str | None = None
         self._stop_starting = False
 
     # -- resources ----------------------------------------------------------------------------
@@ -91,6 +97,8 @@ class Scheduler:
             pending.append(_CaseRun(case, launches, cpus=launches[0].world_size, gpus=gpus))
         total = len(cases)
         running: list[_CaseRun] = []
+        self._sweep_leftovers()
+        self._warn_oversubscribed(pending)
         old_handler = signal.getsignal(signal.SIGINT)
         old_term = signal.getsignal(signal.SIGTERM)
 
@@ -104,103 +112,128 @@ class Scheduler:
             signal.signal(signal.SIGTERM, on_sigint)
         except ValueError:  # not in the main thread
             pass
+        guard = StopEverything(self.backend, running, pending, results,
+                               on_stopped=lambda: setattr(self, "_stop_starting", True))
         try:
-            while pending or running:
-                if self.interrupted and not self._stop_starting:
-                    self._stop_starting = True
-                    for r in running:
-                        if r.handle is not None:
-                            self.backend.cancel(r.handle, "interrupt")
-                if not self._stop_starting:
-                    for run in list(pending):
-                        if not self._fits(run, running):
-                            if self.jobs is not None and len(running) >= self.jobs:
-                                break
-                            continue
-                        pending.remove(run)
-                        run.started = time.monotonic()
-                        try:
-                            self._submit(run)
-                        except UsageError as exc:
-                            results[run.case.id] = CaseResult(run.case, Verdict.INFRA, str(exc), 0.0, backend_id)
-                            self.on_result(results[run.case.id])
-                            continue
-                        running.append(run)
-                elif pending:
-                    for run in pending:
-                        results[run.case.id] = CaseResult(run.case, Verdict.INTERRUPTED,
-                                                          "not run (session stopped)" if not self.interrupted
-                                                          else "not run (interrupted)", 0.0, backend_id)
-                    pending.clear()
-                self.on_progress(len(results), len(running), total)
-                if not running:
-                    continue
-                time.sleep(self.backend.poll_interval)
-                states = self.backend.poll([r.handle for r in running if r.handle is not None])
-                now = time.monotonic()
-                for run in list(running):
-                    h = run.handle
-                    assert h is not None
-                    state = states.get(h.id)
-                    if state is None or not state.done:
-                        if h.cancel_reason is None and now - run.launch_started > run.launches[run.index].timeout:
-                            self.backend.cancel(h, "timeout")
-                        continue
-                    outcome = self.backend.collect(h)
-                    self.session.plugins.hook.runner_launch_finished(outcome=outcome)
-                    outcome = _with_attempts(outcome, run.attempt)
-                    retry = self.session.plugins.hook.runner_should_retry(case=run.case, outcome=outcome,
-                                                                          attempt=run.attempt)
-                    if retry and not self.interrupted:
-                        run.attempt += 1
-                        self._archive_attempt(run)
-                        try:
-                            self._submit(run)
-                            continue
-                        except UsageError as exc:
-                            outcome = LaunchOutcome(outcome.launch, Outcome.INFRA, str(exc), attempts=run.attempt)
-                    run.outcomes.append(outcome)
-                    if outcome.outcome is Outcome.COMPLETED and run.index + 1 < len(run.launches):
-                        run.index += 1
-                        run.attempt = 1
-                        self._submit(run)
-                        continue
-                    running.remove(run)
-                    result = decide(self.session, run.case, run.outcomes, backend=backend_id,
-                                    duration=time.monotonic() - run.started)
-                    results[run.case.id] = result
-                    self._write_case_result(run, result)
-                    self.on_result(result)
-                    self.session.plugins.hook.runner_case_result(result=result)
-                    if self.exitfirst and result.verdict.is_failure and not self._stop_starting:
-                        self._stop_starting = True
-                        for other in running:
-                            if other.handle is not None:
-                                self.backend.cancel(other.handle, "interrupt")
-        except KeyboardInterrupt:
-            # a second Ctrl-C: stop everything now
-            self.interrupted = True
-            for r in running:
-                if r.handle is not None:
-                    self.backend.cancel(r.handle, "interrupt")
-            deadline = time.monotonic() + 15
-            while running and time.monotonic() < deadline:
-                states = self.backend.poll([r.handle for r in running if r.handle is not None])
-                for r in list(running):
-                    if states.get(r.handle.id) and states[r.handle.id].done:
-                        running.remove(r)
-                        results[r.case.id] = CaseResult(r.case, Verdict.INTERRUPTED, "interrupted", 0.0, backend_id)
-                time.sleep(0.2)
-            for r in running + pending:
-                results.setdefault(r.case.id, CaseResult(r.case, Verdict.INTERRUPTED, "interrupted", 0.0, backend_id))
+            with guard:
+                self._loop(pending, running, results, total, backend_id)
         finally:
             try:
                 signal.signal(signal.SIGINT, old_handler)
                 signal.signal(signal.SIGTERM, old_term)
             except ValueError:
                 pass
+        if guard.interrupted:
+            self.interrupted = True
+        self.internal_error = guard.internal_error
         self.on_progress(len(results), 0, total)
         return [results[c.id] for c in cases if c.id in results]
+
+    def _loop(self, pending: list[_CaseRun], running: list[_CaseRun], results: dict[str, CaseResult],
+              total: int, backend_id: str) -> None:
+        while pending or running:
+            if self.interrupted and not self._stop_starting:
+                self._stop_starting = True
+                for r in running:
+                    if r.handle is not None:
+                        self.backend.cancel(r.handle, "interrupt")
+            if not self._stop_starting:
+                for run in list(pending):
+                    if not self._fits(run, running):
+                        if self.jobs is not None and len(running) >= self.jobs:
+                            break
+                        continue
+                    pending.remove(run)
+                    run.started = time.monotonic()
+                    problem = self._try_submit(run)
+                    if problem is not None:
+                        results[run.case.id] = CaseResult(run.case, problem[0], problem[1], 0.0, backend_id)
+                        self.on_result(results[run.case.id])
+                        continue
+                    running.append(run)
+            elif pending:
+                for run in pending:
+                    results[run.case.id] = CaseResult(run.case, Verdict.INTERRUPTED,
+                                                      "not run (session stopped)" if not self.interrupted
+                                                      else "not run (interrupted)", 0.0, backend_id)
+                pending.clear()
+            self.on_progress(len(results), len(running), total)
+            if not running:
+                continue
+            time.sleep(self.backend.poll_interval)
+            states = self.backend.poll([r.handle for r in running if r.handle is not None])
+            now = time.monotonic()
+            for run in list(running):
+                h = run.handle
+                assert h is not None
+                state = states.get(h.id)
+                if state is None or not state.done:
+                    if h.cancel_reason is None and now - run.launch_started > run.launches[run.index].timeout:
+                        self.backend.cancel(h, "timeout")
+                    continue
+                outcome = self.backend.collect(h)
+                self.session.plugins.hook.runner_launch_finished(outcome=outcome)
+                outcome = _with_attempts(outcome, run.attempt)
+                retry = self.session.plugins.hook.runner_should_retry(case=run.case, outcome=outcome,
+                                                                      attempt=run.attempt)
+                if retry and not self.interrupted:
+                    run.attempt += 1
+                    self._archive_attempt(run)
+                    problem = self._try_submit(run)
+                    if problem is None:
+                        continue
+                    outcome = LaunchOutcome(outcome.launch, Outcome.INFRA, problem[1], attempts=run.attempt)
+                run.outcomes.append(outcome)
+                if outcome.outcome is Outcome.COMPLETED and run.index + 1 < len(run.launches):
+                    run.index += 1
+                    run.attempt = 1
+                    problem = self._try_submit(run)
+                    if problem is None:
+                        continue
+                    run.outcomes.append(LaunchOutcome(run.launches[run.index], Outcome.INFRA if problem[0] is
+                                                      Verdict.INFRA else Outcome.ERROR, problem[1]))
+                running.remove(run)
+                result = decide(self.session, run.case, run.outcomes, backend=backend_id,
+                                duration=time.monotonic() - run.started)
+                results[run.case.id] = result
+                self._write_case_result(run, result)
+                self.on_result(result)
+                self.session.plugins.hook.runner_case_result(result=result)
+                if self.exitfirst and result.verdict.is_failure and not self._stop_starting:
+                    self._stop_starting = True
+                    for other in running:
+                        if other.handle is not None:
+                            self.backend.cancel(other.handle, "interrupt")
+
+    # -- ownership ------------------------------------------------------------------------------
+    def _sweep_leftovers(self) -> None:
+        """Before starting anything: end what a dead earlier run of this results root left running."""
+        sweep = getattr(self.backend, "sweep", None)
+        root = getattr(self.session, "results_root", None)
+        if sweep is None or root is None:
+            return
+        for line in sweep(root) or []:
+            self.on_warning(line)
+
+    def _warn_oversubscribed(self, pending: Sequence[_CaseRun]) -> None:
+        if not self.cap_cpus:
+            return
+        for run in pending:
+            if run.cpus > self.cap_cpus:
+                self.on_warning(f"{run.case.id} starts {run.cpus} processes on {self.cap_cpus} CPU slot"
+                                f"{'s' if self.cap_cpus != 1 else ''}: oversubscribed (expect slow collectives "
+                                f"and time limits reached)")
+
+    def _try_submit(self, run: _CaseRun) -> tuple[Verdict, str] | None:
+        """Submit the case's current launch; (verdict, reason) when it could not start."""
+        try:
+            self._submit(run)
+        except UsageError as exc:
+            return Verdict.INFRA, str(exc)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            return Verdict.ERROR, f"cannot prepare the launch: {exc.strerror or exc}{where}"
+        return None
 
     def _submit(self, run: _CaseRun) -> None:
         launch = run.launches[run.index]

@@ -21,6 +21,7 @@ from runner.records import Case, Launch
 from runner.plugins import PluginManager
 from runner.spec.keywords import compile_keyword
 from runner.spec.loader import SpecLoader
+from runner.run.lock import ResultsLock
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Session:
             self.golden_root = self.root / self.golden_root
         self.started = time.time()
         self._results_root: Path | None = None
+        self._lock = ResultsLock()
 
     # -- collect --------------------------------------------------------------------------------
     def collect(self) -> list[Case]:
@@ -107,15 +109,36 @@ class Session:
         return self._results_root
 
     def ensure_results_root(self) -> Path:
-        root = self.results_root
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".write-test-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise UsageError(f"results dir {root} is not writable: {exc.strerror or exc}") from None
-        return root
+        """Create the results root, check it is writable and lock it for this session.
+
+        One runner per results root: a second one gets a usage error naming the holder's PID.
+        A lock whose holder died is taken over (an flock ends with its process). An
+        automatically named root that is taken (two runs started in the same second) moves to
+        ``run-<time>-2``, ``-3``, ...
+        """
+        auto = not self.options.results_dir
+        base = self.results_root
+        for n in range(1, 100 if auto else 2):
+            root = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                probe = root / f".write-test-{os.getpid()}"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as exc:
+                raise UsageError(f"results dir {root} is not writable: {exc.strerror or exc}") from None
+            holder = self._lock.acquire(root)
+            if holder is None:
+                self._results_root = root
+                return root
+            if not auto:
+                raise UsageError(f"results dir {root} is in use by another runner (PID {holder or 'unknown'}); wait for it "
+                                 f"to finish or pass a different --results-dir")
+        raise UsageError(f"results dir {base}: every automatic name is in use")
+
+    def release(self) -> None:
+        """Give the results root's lock back (also happens when the process ends)."""
+        self._lock.release()
 
     def case_dir(self, case: Case) -> Path:
         return self.results_root / case_dir_name(case)

@@ -16,6 +16,7 @@ import traceback
 
 from runner.results import write_json_atomic
 from runner.worker.context import WorkerContext, read_launch
+from runner.worker.lifetime import die_with_parent
 
 
 def _redirect_output(path) -> None:
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m runner.worker RESULTS_DIR/launch.json", file=sys.stderr)
         return 2
+    die_with_parent()   # first: a rank never outlives its launcher
     launch = read_launch(argv[0])
     ctx = WorkerContext(launch)
     if os.environ.get("RUNNER_WORKER_NO_REDIRECT") != "1":
