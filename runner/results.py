@@ -182,5 +182,25 @@ def tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+def describe_exit(code: int | None) -> str:
+    """An exit status in words: 'exit code 7', 'killed by SIGSEGV (signal 11)', 'killed by SIGKILL
+    (signal 9; possibly OOM-killed)'. Negative codes are Popen's signals; 129..159 are a shell's."""
+    import signal
+
+    if code is None:
+        return "no exit code"
+    signum = -code if code < 0 else (code - 128 if 128 < code < 160 else None)
+    if signum is None:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"exit code {code}"
+    text = f"killed by {name} (signal {signum}" + (f", exit code {code}" if code > 0 else "")
+    if signum == signal.SIGKILL:
+        text += "; possibly OOM-killed"
+    return text + ")"
+
+
 def json_line(record: Mapping[str, Any]) -> str:
     return json.dumps(record, allow_nan=True, separators=(",", ":"))

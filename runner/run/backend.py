@@ -142,10 +142,13 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
     # torchrun names the first observed failure; a rank that died without a record (os._exit,
     # a signal, a segfault) is found that way.
     root = torchrun_root_cause(rd)
+    if root is None or root[0] in records:
+        # a rank that died without a record (signal, os._exit) caused the others' errors
+        root = next(((r, c) for r, c in torchrun_failures(rd) if r not in records), root)
     if root is not None and records.get(root[0], {}).get("status") != "ok" and root[0] not in records:
         rank, code = root
         return LaunchOutcome(launch, Outcome.ERROR,
-                             f"rank {rank} exited with code {code} without a completion record",
+                             f"rank {rank} {_exit_words(code)} without a completion record",
                              exit_code=code, failed_rank=rank, log_tail=rd.log_tail(rank), duration=duration,
                              attempts=attempts)
     errors = sorted((r for r, rec in records.items() if rec.get("status") != "ok"),
@@ -173,7 +176,9 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
                 tail_text = tail(log)
     detail = f"rank {rank} ended without a completion record" if rank is not None else "failed"
     if exit_code not in (None, 0):
-        detail += f" (exit code {exit_code})"
+        from runner.results import describe_exit
+
+        detail += f" ({describe_exit(exit_code)})"
     return LaunchOutcome(launch, Outcome.ERROR, detail, exit_code=exit_code, failed_rank=rank,
                          log_tail=tail_text, duration=duration, attempts=attempts)
 
@@ -198,6 +203,31 @@ def torchrun_root_cause(rd: ResultsDir) -> tuple[int, int] | None:
         if m_rank and m_code:
             return int(m_rank.group(1)), int(m_code.group(1))
     return None
+
+
+_FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+).*?^\s*exitcode\s*:\s*(-?\d+)", re.M | re.S)
+
+
+def torchrun_failures(rd: ResultsDir) -> list[tuple[int, int]]:
+    """Every (rank, exit code) in the "Failures:" blocks of torchrun's report in the launcher logs."""
+    from runner.results import tail
+
+    out = []
+    for log in rd.iter_logs():
+        if log.name.startswith("launcher"):
+            text = tail(log, lines=400, max_bytes=256 * 1024)
+            for block in text.split("\n[")[1:]:
+                m = _FAILURE.search(block)
+                if m:
+                    out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def _exit_words(code: int) -> str:
+    from runner.results import describe_exit
+
+    words = describe_exit(code)
+    return f"exited with code {code}" if words.startswith("exit code") else f"was {words}"
 
 
 def run_launch(backend: Backend, launch: Launch) -> LaunchOutcome:
