@@ -145,12 +145,12 @@ class Scheduler:
                         continue
                     pending.remove(run)
                     run.started = time.monotonic()
+                    running.append(run)   # before submitting: a failure half-way is still cleaned up
                     problem = self._try_submit(run)
                     if problem is not None:
+                        running.remove(run)
                         results[run.case.id] = CaseResult(run.case, problem[0], problem[1], 0.0, backend_id)
                         self.on_result(results[run.case.id])
-                        continue
-                    running.append(run)
             elif pending:
                 for run in pending:
                     results[run.case.id] = CaseResult(run.case, Verdict.INTERRUPTED,

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from runner.run.backend import job_name
 from runner.config import ProjectConfig
-from runner.errors import UsageError
+from runner.errors import SpecError, UsageError
 from runner.plan.kind import CompareContext
 from runner.records import Case, Launch
 from runner.plugins import PluginManager
@@ -75,21 +75,28 @@ class Session:
         from runner.compare.golden import golden_path_for, load_golden
 
         for case in cases:
-            kind = self.plugins.kind(case.kind)
-            if not kind.case_uses_golden(case) or case.skip:
-                continue
-            path = golden_path_for(case, self.golden_root, self.environment_for(case))
-            if not path.is_file():
-                if self.options.allow_missing_golden:
-                    continue
-                raise UsageError(f"{case.id}: golden file not found: {_rel(path)} "
+            self._check_golden(case, golden_path_for, load_golden)
+
+    def _check_golden(self, case: Case, golden_path_for: Any, load_golden: Any) -> None:
+        kind = self.plugins.kind(case.kind)
+        if not kind.case_uses_golden(case) or case.skip:
+            return
+        path = golden_path_for(case, self.golden_root, self.environment_for(case))
+        try:
+            exists = path.is_file()
+        except OSError as exc:   # e.g. a name longer than the filesystem allows
+            raise _at_case(case, f"{case.id}: golden file {_rel(path)[:80]}...: {exc.strerror}") from None
+        if not exists:
+            if self.options.allow_missing_golden:
+                return
+            raise _at_case(case, f"{case.id}: golden file not found: {_rel(path)} "
                                  f"(create it with `runner golden update {case.spec_file} -k {case.name}`)")
-            golden = load_golden(path)
-            expected = kind.expected_steps(case)
-            if expected and not self.options.allow_missing_golden:
-                lo, hi = golden.step_range()
-                if (lo, hi) != tuple(expected):
-                    raise UsageError(f"{case.id}: golden file {_rel(path)} covers steps {lo}..{hi}, "
+        golden = load_golden(path)
+        expected = kind.expected_steps(case)
+        if expected and not self.options.allow_missing_golden:
+            lo, hi = golden.step_range()
+            if (lo, hi) != tuple(expected):
+                raise _at_case(case, f"{case.id}: golden file {_rel(path)} covers steps {lo}..{hi}, "
                                      f"the case runs steps {expected[0]}..{expected[1]}")
 
     def environment_for(self, case: Case) -> str:
@@ -175,6 +182,14 @@ def case_dir_name(case: Case) -> str:
     safe = _UNSAFE.sub("_", case.name).strip("._")[:80] or "case"
     digest = hashlib.sha1(case.id.encode()).hexdigest()[:8]
     return f"{safe}-{digest}"
+
+
+def _at_case(case: Case, message: str) -> UsageError:
+    """An error about a case, positioned at the case in its spec file when that is known."""
+    loc = case.location
+    if loc is None:
+        return UsageError(message)
+    return SpecError(message, file=loc.file, line=loc.line, col=loc.col)
 
 
 def _rel(path: Path) -> str:
