@@ -132,15 +132,9 @@ def _options(ns: argparse.Namespace, config) -> "object":
 
 
 def _backend(session):
+    """The session's backend; its options are checked against its schema when it is made."""
     opts = session.options
-    reg = session.plugins.backends.get(opts.backend)
-    known = dict(getattr(reg.cls, "options", {}) or {})
-    for key in opts.backend_opts:
-        if key not in known:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise UsageError(f"backend '{opts.backend}': unknown option '{key}'{did_you_mean(key, known)}; "
-                             f"known: {allowed}")
-    return reg.cls(opts.backend_opts)
+    return session.plugins.backends.get(opts.backend).cls(opts.backend_opts)
 
 
 def _session(ns: argparse.Namespace):
@@ -199,6 +193,8 @@ def cmd_show(ns: argparse.Namespace) -> int:
 def cmd_plugins(ns: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from runner.run.backend import option_help
+
     _, plugins = _load(ns)
     rows = [[p.name, p.origin, p.module, ("FAILED: " + p.error) if p.error else "ok"] for p in plugins.plugins]
     print(tabulate(rows, headers=["plugin", "from", "module", "status"]))
@@ -211,7 +207,7 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
         if opts:
             print(f"\nbackend '{r.id}' options (--backend-opt KEY=VALUE):")
             for k, v in sorted(opts.items()):
-                print(f"  {k:<20} {v}")
+                print(f"  {k:<20} {option_help(v)}")
     failed = [p for p in plugins.plugins if p.error]
     return EXIT_INTERNAL if failed else EXIT_OK
 

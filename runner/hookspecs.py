@@ -14,7 +14,7 @@ Phases::
     compare    runner_case_checks
     report     runner_case_result, runner_session_finish
 
-The built-in backends (``backends.local.backend``, ``backends.slurm``, ``backends.kubernetes``)
+The built-in backends (``backends.local.backend``, ``backends.slurm.backend``, ``backends.kubernetes.backend``)
 and case kinds (``runner.kinds.script``, ``workloads.moe.kind``, ``workloads.gpt.kind``)
 use exactly these hooks.
 """

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+from fakes.net import free_port
 from runner.records import Case, Launch, LaunchOutcome, Outcome, Resources
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,12 +22,6 @@ def make_launch(results_dir: Path, args: Mapping[str, Any], world_size: int, *, 
                   entry="workloads.moe.worker:run", args=dict(args), nodes=1, nproc_per_node=world_size,
                   gpus_per_node=0, env={}, timeout=timeout, results_dir=str(results_dir),
                   job_name=results_dir.name.lower()[:63], platform="cpu")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_worker(results_dir: Path, args: Mapping[str, Any], world_size: int = 4, timeout: float = 600.0) -> LaunchOutcome:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from fakes.net import free_ports
+
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 REQUIRED_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "munge", "unmunge")
 NODE_NAMES = ("n1", "n2")
@@ -82,20 +84,6 @@ def ensure_installed(timeout: float = 600.0) -> None:
     still = missing_binaries()
     if still:
         raise ClusterUnavailable(f"installed {' '.join(PACKAGES)} but still missing: {', '.join(still)}")
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on right now (kept bound together so they are distinct)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _pid_alive(pid: int) -> bool:

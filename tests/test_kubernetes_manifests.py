@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backends import k8s_manifests as km
-from backends.kubernetes import KubernetesBackend
-from k8s_standin import _semantic_errors, expand_k8s_vars
+from backends.kubernetes import manifests as km
+from backends.kubernetes.backend import KubernetesBackend
+from backends.kubernetes.options import KubernetesOptions, is_dns_label
+from fakes.k8s import expand_k8s_vars, semantic_errors
 from runner.run.backend import job_name
 from runner.errors import UsageError
 from runner.records import Launch
@@ -54,7 +55,7 @@ def assert_valid(objects: list[dict]) -> None:
     for obj in objects:
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
-        assert _semantic_errors(obj, obj["kind"]) == [], obj["metadata"]["name"]
+        assert semantic_errors(obj, obj["kind"]) == [], obj["metadata"]["name"]
 
 
 FULL_OPTS = {"image": "ghcr.example/team/trainer:1.2@sha256:" + "a" * 64, "namespace": "ml-tests",
@@ -86,7 +87,7 @@ def test_hostile_case_names_give_valid_names_and_quoted_yaml(case_id: str) -> No
     service, job = docs(backend.render(launch).text)
     assert_valid([service, job])
     name = job["metadata"]["name"]
-    assert km.is_dns_label(name) and name[0].isalpha() and service["metadata"]["name"] == name
+    assert is_dns_label(name) and name[0].isalpha() and service["metadata"]["name"] == name
     assert len(f"{name}-15") <= 63                       # the pods' hostnames
     # the raw id survives only as data (an annotation), byte for byte
     assert job["metadata"]["annotations"][km.CASE_ANNOTATION] == case_id
@@ -175,7 +176,7 @@ def test_names_fit_hostnames_for_many_nodes() -> None:
         launch = launch_for(long_id, nodes=nodes)
         for suffix in ("abcde", "abcde-12"):
             name = km.object_name(launch, suffix)
-            assert km.is_dns_label(name) and len(f"{name}-{nodes - 1}") <= 63 and name.endswith(suffix)
+            assert is_dns_label(name) and len(f"{name}-{nodes - 1}") <= 63 and name.endswith(suffix)
 
 
 def test_render_is_stable_and_resubmissions_get_new_names() -> None:
@@ -204,7 +205,7 @@ def test_unknown_option_suggests_the_known_one() -> None:
 
 
 def test_every_option_is_documented_and_parsed() -> None:
-    fields = {f for f in km.KubernetesOptions.__dataclass_fields__}
+    fields = {f for f in KubernetesOptions.__dataclass_fields__}
     assert set(KubernetesBackend.options) == fields
 
 
@@ -225,7 +226,7 @@ def test_submit_without_image_is_a_usage_error() -> None:
 
 def test_module_imports_and_renders_without_the_kubernetes_package() -> None:
     code = ("import sys; sys.modules['kubernetes'] = None\n"
-            "from backends.kubernetes import KubernetesBackend\n"
+            "from backends.kubernetes.backend import KubernetesBackend\n"
             "from runner.records import Launch\n"
             "l = Launch('c::x', 'main', 'k', 'm:f', {}, 1, 1, 0, {}, 10.0, '/r/c/main', 'x-main')\n"
             "print(KubernetesBackend({'image': 'i'}).render(l).text.count('kind: Job'))\n"

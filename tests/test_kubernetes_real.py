@@ -29,7 +29,7 @@ pytestmark = [
 ]
 pytest.importorskip("kubernetes")
 
-from backends.kubernetes import KubernetesBackend  # noqa: E402
+from backends.kubernetes.backend import KubernetesBackend  # noqa: E402
 
 NAMESPACE = os.environ.get("RUNNER_K8S_NAMESPACE", "default")
 IMAGE = os.environ.get("RUNNER_K8S_IMAGE")

@@ -1,6 +1,6 @@
 """The Kubernetes backend's whole client flow against the stand-in API server.
 
-Labelled honestly: this is NOT a Kubernetes cluster. ``tests/k8s_standin.py`` serves the
+Labelled honestly: this is NOT a Kubernetes cluster. ``tests/fakes/k8s/`` serves the
 subset of the API the backend uses over HTTP on 127.0.0.1, validates every object against
 the real schemas, and runs each pod as a local process (see its docstring for what it does
 and does not emulate). The backend talks to it through the real ``kubernetes`` client,
@@ -25,8 +25,9 @@ from runner.run.backend import Handle
 from runner.records import Launch, LaunchOutcome, Outcome
 
 pytest.importorskip("kubernetes")
-from backends.kubernetes import KubernetesBackend  # noqa: E402
-from k8s_standin import StandInCluster, StandInUnavailable  # noqa: E402
+from backends.kubernetes.backend import KubernetesBackend  # noqa: E402
+from fakes.k8s import StandInCluster, StandInUnavailable  # noqa: E402
+from fakes.net import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -60,12 +61,6 @@ def exit_payload(ctx: Any) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def cluster(tmp_path: Path):
     env = dict(os.environ)
@@ -184,7 +179,7 @@ def test_active_deadline_is_a_timeout(cluster: StandInCluster, tmp_path: Path) -
     backend = make_backend(cluster, tmp_path)
     launch = make_launch(tmp_path, "test_kubernetes_standin:sleep_payload", nodes=1, timeout=4)
     handle, outcome = drive(backend, launch, runner_timeout=120)   # Kubernetes enforces it first
-    assert handle.data.get("failed_reason") == "DeadlineExceeded"
+    assert handle.state.failed_reason == "DeadlineExceeded"
     assert outcome.outcome is Outcome.TIMEOUT, outcome.detail
     assert_nothing_left(cluster, handle)
 
@@ -198,7 +193,7 @@ def test_pod_failure_is_an_error_with_exit_code(cluster: StandInCluster, tmp_pat
     assert outcome.failed_rank == 1
     assert "SystemExit(3)" in outcome.detail
     assert outcome.exit_code not in (None, 0)        # torchrun's exit status, from the pod
-    assert handle.data.get("failed_reason") == "PodFailurePolicy"
+    assert handle.state.failed_reason == "PodFailurePolicy"
     # torchrun's own report of the failed rank, saved from the pod log
     assert "exitcode" in Path(launch.results_dir, "logs", "launcher-pod1.log").read_text()
     assert_nothing_left(cluster, handle)

@@ -64,6 +64,31 @@ def test_entry_point_backend_runs_a_case(runner_project, installed_plugin):
     assert blocked.exit_code == 4 and "unknown backend 'plainrun'" in blocked.stderr
 
 
+def test_plugin_backend_adds_a_checked_option(runner_project, installed_plugin):
+    """A plugin package declares a new backend option (name, help, value check) and the
+    runner lists it, checks it once and passes it on -- from the command line and from the
+    config file -- without any change to runner/."""
+    runner_project.write("specs/s.yaml", SPEC)
+    runner_project.write("specs/hello.py", HELLO)
+    site = [str(installed_plugin)]
+    plugins = runner_project.run("plugins", python_path=site)
+    assert "nice" in plugins.stdout and "run torchrun under `nice -n N` (0..19)" in plugins.stdout, plugins
+    dry = runner_project.run("run", "specs", "--backend", "plainrun", "--backend-opt", "nice=5", "--dry-run",
+                             python_path=site)
+    assert dry.exit_code == 0 and "PLAINRUN nice -n 5 " in dry.stdout, dry
+    bad = runner_project.run("run", "specs", "--backend", "plainrun", "--backend-opt", "nice=high", "--dry-run",
+                             python_path=site)
+    assert bad.exit_code == 4, bad
+    assert bad.stderr.strip().splitlines() == ["error: backend 'plainrun': option 'nice'='high': "
+                                               "not an integer in 0..19"], bad.stderr
+    unknown = runner_project.run("run", "specs", "--backend", "plainrun", "--backend-opt", "nicee=5", "--dry-run",
+                                 python_path=site)
+    assert unknown.exit_code == 4 and "unknown option 'nicee'" in unknown.stderr and "did you mean 'nice'" in unknown.stderr
+    runner_project.write("runner.toml", "[backends.plainrun]\nnice = 7\n")
+    configured = runner_project.run("run", "specs", "--backend", "plainrun", "--dry-run", python_path=site)
+    assert configured.exit_code == 0 and "PLAINRUN nice -n 7 " in configured.stdout, configured
+
+
 def test_broken_plugin_is_reported_by_name(runner_project, tmp_path):
     site = tmp_path / "site"
     (site / "broken_plugin-1.0.dist-info").mkdir(parents=True)
@@ -101,3 +126,15 @@ def test_duplicate_ids_are_an_error():
     pm.load()
     with pytest.raises(UsageError, match="registered twice"):
         pm.backends.add(Dup)
+
+
+def test_public_api_is_declared_and_typed():
+    """What plugins import lives in `runner` itself; the package ships its type information."""
+    import runner
+    from runner.run.backend import Backend
+
+    assert runner.__all__ == sorted(runner.__all__, key=lambda n: (n[0].islower(), n))
+    for name in runner.__all__:
+        assert getattr(runner, name) is not None, name
+    assert runner.Backend is Backend and callable(runner.hookimpl)
+    assert (Path(runner.__file__).parent / "py.typed").is_file()

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.slurm import SCRIPT_NAME, SlurmBackend, format_time_limit, parse_unhealthy_nodes
-from backends.slurm_status import (
+from backends.slurm.backend import SlurmBackend, SlurmJob
+from backends.slurm.script import SCRIPT_NAME, format_time_limit
+from backends.slurm.status import (
     SlurmJobInfo,
     SlurmParseError,
     accounting_disabled,
@@ -24,6 +25,7 @@ from backends.slurm_status import (
     parse_sbatch_parsable,
     parse_scontrol_jobs,
     parse_squeue_json,
+    parse_unhealthy_nodes,
     split_state,
 )
 from runner.run.backend import Handle, job_name
@@ -307,8 +309,8 @@ def finished(tmp_path: Path, state: str, *, records: dict[int, str], cancel_reas
         write_json_atomic(rd / "done" / f"rank{rank}.json",
                           {"rank": rank, "status": status, "exception": "RuntimeError: boom" if status != "ok" else None})
     handle = Handle(id="42", launch=launch, submitted_at=0.0, cancel_reason=cancel_reason)
-    handle.data["info"] = SlurmJobInfo("42", state, (), reason, exit_code, None, "n1", "squeue")
-    handle.data["finished_at"] = 5.0
+    handle.state = SlurmJob(info=SlurmJobInfo("42", state, (), reason, exit_code, None, "n1", "squeue"),
+                            finished_at=5.0)
     outcome = SlurmBackend({}).collect(handle)
     assert outcome.duration == 5.0
     return outcome

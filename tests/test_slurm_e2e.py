@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from backends.slurm import SlurmBackend
-from backends.slurm_status import parse_scontrol_jobs, parse_squeue_json
+from backends.slurm.backend import SlurmBackend
+from backends.slurm.status import parse_scontrol_jobs, parse_squeue_json
 from runner.run.backend import Handle, job_name
 from runner.records import Launch, Outcome
 
@@ -398,7 +398,7 @@ def test_status_fallbacks_scontrol_sacct_and_lost_jobs(slurm_cluster: Any, slurm
     handle = Handle(id="987654", launch=launch, submitted_at=time.time() - 3600)
     first = backend.poll([handle])["987654"]
     assert not first.done                            # absence alone is not yet final
-    handle.data["missing_since"] -= 3600
+    handle.state.missing_since -= 3600
     state = backend.poll([handle])["987654"]
     assert state.done and state.state == "UNKNOWN"
     outcome = backend.collect(handle)

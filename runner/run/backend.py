@@ -19,8 +19,9 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
+from runner.errors import UsageError, did_you_mean
 from runner.records import Launch, LaunchOutcome, Outcome
 from runner.results import ResultsDir
 
@@ -38,13 +39,19 @@ class Rendered:
 
 @dataclass
 class Handle:
-    """A submitted job. ``id`` is the backend's id (pid, Slurm job id, Job name)."""
+    """A submitted job. ``id`` is the backend's id (pid, Slurm job id, Job name).
+
+    ``state`` is the backend's own record of the job, a dataclass the backend defines
+    (``backends.slurm.backend.SlurmJob``, ``backends.kubernetes.backend.KubernetesJob``);
+    ``data`` is a free-form mapping for backends that need nothing typed.
+    """
 
     id: str
     launch: Launch
     submitted_at: float
-    data: dict[str, Any] = field(default_factory=dict)   # backend-private state
+    data: dict[str, Any] = field(default_factory=dict)
     cancel_reason: str | None = None
+    state: Any = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,46 @@ class Capacity:
     gpus: int | None = None
 
 
+@dataclass(frozen=True)
+class BackendOption:
+    """One declared backend option: its help line and, optionally, how a value is checked.
+
+    ``check`` gets the option's string (from ``--backend-opt KEY=VALUE`` or the config file)
+    and raises ``ValueError`` with the reason when it is not acceptable; its return value is
+    not kept (the backend parses ``self.opts`` itself).
+    """
+
+    help: str
+    check: Callable[[str], object] | None = None
+
+
+#: what a backend's ``options`` maps each name to: a help line, or a BackendOption
+OptionSpec = Union[str, BackendOption]
+
+
+def option_help(spec: OptionSpec) -> str:
+    return spec.help if isinstance(spec, BackendOption) else str(spec)
+
+
+def check_options(backend_id: str, declared: Mapping[str, OptionSpec],
+                  given: Mapping[str, str]) -> dict[str, str]:
+    """The one place backend options are checked against what a backend declares:
+    an unknown name, or a value its ``BackendOption.check`` refuses, is a usage error."""
+    for key in given:
+        if key not in declared:
+            allowed = ", ".join(sorted(declared)) or "none"
+            raise UsageError(f"backend '{backend_id}': unknown option '{key}'{did_you_mean(key, declared)}; "
+                             f"known: {allowed}")
+    for key, value in given.items():
+        spec = declared[key]
+        if isinstance(spec, BackendOption) and spec.check is not None:
+            try:
+                spec.check(str(value))
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"backend '{backend_id}': option '{key}'={value!r}: {exc}") from None
+    return {str(k): str(v) for k, v in given.items()}
+
+
 class Backend(abc.ABC):
     #: static id used in ``--backend ID`` and specs
     id: ClassVar[str]
@@ -69,11 +116,13 @@ class Backend(abc.ABC):
     description: ClassVar[str] = ""
     #: seconds between batched polls
     poll_interval: ClassVar[float] = 0.5
-    #: option name -> one-line help; unknown ``--backend-opt`` keys are usage errors
-    options: ClassVar[Mapping[str, str]] = {}
+    #: the options schema: name -> one-line help or a BackendOption; checked once, here,
+    #: when the backend is made (unknown ``--backend-opt`` keys are usage errors)
+    options: ClassVar[Mapping[str, OptionSpec]] = {}
 
     def __init__(self, options: Mapping[str, str] | None = None) -> None:
-        self.opts: dict[str, str] = dict(options or {})
+        self.opts: dict[str, str] = check_options(getattr(self, "id", type(self).__name__), self.options,
+                                                  options or {})
 
     def check(self) -> None:
         """Raise UsageError when the backend cannot work here (tools missing, bad options)."""

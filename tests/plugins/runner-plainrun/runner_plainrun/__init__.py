@@ -1,7 +1,9 @@
 """A minimal third-party backend: every launch runs as `torchrun --standalone` (one node).
 
 It exists to prove the plugin API from the outside: installed as a package with an entry
-point in the `runner` group, it becomes usable as `--backend plainrun`.
+point in the `runner` group, it becomes usable as `--backend plainrun`. It imports only the
+public API (`runner`), and declares its own checked option (`nice`) without any change to
+the runner.
 """
 from __future__ import annotations
 
@@ -12,19 +14,30 @@ import sys
 import time
 from pathlib import Path
 
-from runner.run.backend import Backend, Handle, JobState, Rendered, outcome_from_records
-from runner.hookspecs import hookimpl
+from runner import Backend, BackendOption, Handle, JobState, Rendered, hookimpl, outcome_from_records
+
+
+def _niceness(value):
+    if not value.strip().isdigit() or not 0 <= int(value) <= 19:
+        raise ValueError("not an integer in 0..19")
+    return int(value)
 
 
 class PlainRunBackend(Backend):
     id = "plainrun"
     description = "torchrun --standalone, one node (a third-party example plugin)"
     poll_interval = 0.2
-    options = {"marker": "a word written into the launcher log"}
+    options = {
+        "marker": "a word written into the launcher log",
+        "nice": BackendOption("run torchrun under `nice -n N` (0..19)", check=_niceness),
+    }
 
     def _cmd(self, launch):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", str(launch.nproc_per_node), *launch.worker_argv]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(launch.nproc_per_node), *launch.worker_argv]
+        if "nice" in self.opts:
+            cmd = ["nice", "-n", str(_niceness(self.opts["nice"])), *cmd]
+        return cmd
 
     def render(self, launch):
         return Rendered(launch, "PLAINRUN " + " ".join(self._cmd(launch)), command=tuple(self._cmd(launch)))

@@ -14,7 +14,9 @@ Versions differ in shape, so every parser here accepts the variants seen in the 
   text file when there is no accounting database): ``State`` may read
   ``CANCELLED by 0``.
 
-Nothing here runs a command; ``backends.slurm`` calls the tools and hands the text over.
+``sinfo -h -N -o '%N|%T|%E'``: nodes that are down or not responding.
+
+Nothing here runs a command; ``backends.slurm.backend`` calls the tools and hands the text over.
 """
 from __future__ import annotations
 
@@ -252,3 +254,20 @@ def parse_sbatch_parsable(text: str) -> str:
         if jid.isdigit():
             return jid
     raise SlurmParseError(f"sbatch --parsable printed no job id: {text.strip()[:200]!r}")
+
+
+def parse_unhealthy_nodes(text: str) -> list[tuple[str, str, str]]:
+    """Nodes that are down, failing or not responding, from ``sinfo -N -o '%N|%T|%E'``."""
+    out = []
+    seen = set()
+    for line in text.splitlines():
+        parts = line.strip().split("|", 2)
+        if len(parts) < 2 or parts[0] in seen:
+            continue
+        name, state = parts[0], parts[1].lower()
+        why = parts[2].strip() if len(parts) > 2 and parts[2].strip() not in ("none", "(null)") else ""
+        base = state.rstrip("*~#!%$@^-")
+        if state.endswith("*") or base.startswith(("down", "fail", "no_respond", "not_responding")):
+            seen.add(name)
+            out.append((name, state, why))
+    return out
