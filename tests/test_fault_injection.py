@@ -20,6 +20,12 @@ import pytest
 
 from backends.local import ownership, proctree
 
+try:   # the Kubernetes stand-in cluster (a real API server and kubelet on this machine)
+    import test_kubernetes_standin as k8s
+    from test_kubernetes_standin import cluster  # noqa: F401 - the fixture
+except pytest.skip.Exception:
+    k8s = None
+
 FAULTS = '''
 import os, signal, sys, time
 import torch.distributed as dist
@@ -247,3 +253,65 @@ def test_oversubscription_warns(project):
     assert r.exit_code == 0, r
     assert "warning: specs/s.yaml::wide starts 3 processes on 2 CPU slots: oversubscribed" in r.stderr
     assert json.dumps(r.verdicts) == '{"wide": "PASSED"}'
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_cancels_a_dead_runs_jobs_only(slurm_cluster, slurm_env, tmp_path):
+    """Jobs carry the results root's tag and their runner in the job comment; a later run of the
+    same root scancels those of a dead runner, and leaves other roots' and live runners' jobs."""
+    from backends.slurm.backend import COMMENT_PREFIX, SlurmBackend
+    from runner.run.lock import owner_tag, root_tag
+
+    root = tmp_path / "results"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    comments = {
+        "orphan": f"{COMMENT_PREFIX}{root_tag(root)}:{dead.pid}.1.{socket.gethostname()}",
+        "live": f"{COMMENT_PREFIX}{root_tag(root)}:{owner_tag()}",
+        "other_root": f"{COMMENT_PREFIX}{root_tag(tmp_path / 'elsewhere')}:{dead.pid}.1.{socket.gethostname()}",
+    }
+    jobs = {}
+    for name, comment in comments.items():
+        proc = slurm_cluster.run("sbatch", "--parsable", f"--comment={comment}", "-o", str(tmp_path / f"{name}.log"),
+                                 "--wrap", "sleep 300", timeout=60)
+        jobs[name] = proc.stdout.strip().split(";")[0]
+        assert jobs[name].isdigit(), proc.stdout + proc.stderr
+    try:
+        lines = SlurmBackend({}).sweep(root)
+        assert len(lines) == 1 and jobs["orphan"] in lines[0], lines
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            queued = slurm_cluster.run("squeue", "--noheader", "--format=%i", timeout=30).stdout.split()
+            if jobs["orphan"] not in queued:
+                break
+            time.sleep(0.5)
+        assert jobs["orphan"] not in queued
+        assert jobs["live"] in queued and jobs["other_root"] in queued
+    finally:
+        slurm_cluster.run("scancel", *jobs.values(), timeout=30)
+
+
+def test_kubernetes_sweep_deletes_a_dead_sessions_objects_of_this_root_only(cluster, tmp_path):
+    """Objects carry the results root's label; a later session of the same root deletes those of
+    an earlier session (whose runner is gone: the root's lock says so) and nothing else."""
+    if k8s is None:
+        pytest.skip("the kubernetes client is not installed")
+    import dataclasses
+
+    root = tmp_path / "results"
+    dead_session = k8s.make_backend(cluster, tmp_path)
+    left = dataclasses.replace(k8s.make_launch(tmp_path, "test_kubernetes_standin:sleep_payload", nodes=1,
+                                               case="k8s/left"), results_root=str(root))
+    other = dataclasses.replace(k8s.make_launch(tmp_path, "test_kubernetes_standin:sleep_payload", nodes=1,
+                                                case="k8s/other"), results_root=str(tmp_path / "elsewhere"))
+    h_left, h_other = dead_session.submit(left), dead_session.submit(other)
+    k8s.wait_for(lambda: cluster.pods_of(h_left.id) and cluster.pods_of(h_other.id), 60)
+    lines = k8s.make_backend(cluster, tmp_path).sweep(root)
+    assert len(lines) == 1 and h_left.id in lines[0], lines
+    k8s.wait_for(lambda: not cluster.pods_of(h_left.id)
+                 and ("default", h_left.id) not in cluster.objects["jobs"], 60)
+    assert ("default", h_left.id) not in cluster.objects["services"]
+    assert ("default", h_other.id) in cluster.objects["jobs"]     # another root: untouched
+    dead_session.cancel(h_other, "interrupt")

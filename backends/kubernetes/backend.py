@@ -296,6 +296,37 @@ class KubernetesBackend(Backend):
             pass
         self._delete(handle)
 
+    def sweep(self, results_root: Any) -> list[str]:
+        """Delete Jobs and Services of this results root left by another (dead) session.
+
+        Found by the results-root label; this session holds the root's lock, so any other
+        session's objects with that label belong to a runner that is gone.
+        """
+        from runner.run.lock import root_tag
+
+        try:
+            batch, core = self._clients()
+        except UsageError:
+            return []
+        from kubernetes import client
+
+        namespace = self.parsed.namespace
+        selector = f"{km.ROOT_LABEL}={root_tag(results_root)},{km.SESSION_LABEL}!={self.session}"
+        lines = []
+        try:
+            jobs = batch.list_namespaced_job(namespace, label_selector=selector).items or []
+            services = core.list_namespaced_service(namespace, label_selector=selector).items or []
+        except Exception:  # noqa: BLE001 - no cluster answer: nothing to sweep now
+            return []
+        body = client.V1DeleteOptions(propagation_policy="Foreground")
+        for job in jobs:
+            name = job.metadata.name
+            self._delete_quietly(batch.delete_namespaced_job, name, namespace, body=body)
+            lines.append(f"deleted Kubernetes Job {namespace}/{name} left by an earlier run of this results root")
+        for svc in services:
+            self._delete_quietly(core.delete_namespaced_service, svc.metadata.name, namespace)
+        return lines
+
     def _delete(self, h: Handle) -> None:
         batch, core = self._clients()
         from kubernetes import client

@@ -49,6 +49,8 @@ LABEL_PREFIX = "dist-spec-runner"
 SESSION_LABEL = f"{LABEL_PREFIX}/session"
 JOB_LABEL = f"{LABEL_PREFIX}/job"
 LAUNCH_LABEL = f"{LABEL_PREFIX}/launch"
+#: the results root's tag: a later run of the same root finds (and deletes) what a dead run left
+ROOT_LABEL = f"{LABEL_PREFIX}/results-root"
 CASE_ANNOTATION = f"{LABEL_PREFIX}/case-id"
 RESULTS_ANNOTATION = f"{LABEL_PREFIX}/results-dir"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "dist-spec-runner")
@@ -137,6 +139,10 @@ def labels(name: str, launch: Launch, session: str) -> dict[str, str]:
     launch_label = label_value(launch.name)
     if launch_label:
         out[LAUNCH_LABEL] = launch_label
+    if launch.results_root:
+        from runner.run.lock import root_tag
+
+        out[ROOT_LABEL] = root_tag(launch.results_root)
     return out
 
 

@@ -15,13 +15,14 @@ the jobcomp file, when the cluster has no accounting database).
 """
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from backends.slurm.classify import NOT_FOUND, classify
 from backends.slurm.options import OPTION_HELP, SlurmOptions
@@ -41,6 +42,7 @@ from runner.errors import UsageError
 from runner.hookspecs import hookimpl
 from runner.records import Launch, LaunchOutcome
 from runner.run.backend import Backend, Capacity, Handle, JobState, OptionSpec, Rendered
+from runner.run.lock import owner_alive, owner_tag, root_tag
 
 if TYPE_CHECKING:
     from runner.plugins import BackendRegistry
@@ -51,6 +53,8 @@ MISSING_GRACE_S = 15.0
 OUTAGE_GIVE_UP_S = 300.0
 #: commands that talk to the controller; a hung controller must not hang the runner
 COMMAND_TIMEOUT_S = 60.0
+#: job comment ``dist-spec-runner:<results root tag>:<owner tag>`` (found by the startup sweep)
+COMMENT_PREFIX = "dist-spec-runner:"
 
 
 @dataclass
@@ -120,7 +124,10 @@ class SlurmBackend(Backend):
         script = self.script_path(launch)
         script.write_text(rendered.text)
         script.chmod(0o755)
-        proc = self._run(["sbatch", "--parsable", str(script)], cwd=str(results))
+        tag = []
+        if launch.results_root:   # what the startup sweep of a later run finds this job by
+            tag = [f"--comment={COMMENT_PREFIX}{root_tag(launch.results_root)}:{owner_tag()}"]
+        proc = self._run(["sbatch", "--parsable", *tag, str(script)], cwd=str(results))
         if proc.returncode != 0:
             # e.g. an invalid partition or account; the scheduler reports it on the case
             raise UsageError(f"slurm backend: sbatch failed (exit {proc.returncode}): "
@@ -241,6 +248,24 @@ class SlurmBackend(Backend):
         return classify(handle.launch, handle.id, info, duration=finished - handle.submitted_at,
                         cancel_reason=handle.cancel_reason, lost=job.lost,
                         time_margin=self.config.time_margin, unhealthy_nodes=self.unhealthy_nodes_reason)
+
+    def sweep(self, results_root: Any) -> list[str]:
+        """scancel this user's jobs tagged with this results root by another (dead) runner."""
+        if shutil.which("squeue") is None:
+            return []
+        mine = f"{COMMENT_PREFIX}{root_tag(results_root)}:"
+        proc = self._run(["squeue", "--noheader", f"--user={getpass.getuser()}", "--format=%i|%k"])
+        if proc.returncode != 0:
+            return []
+        lines = []
+        for row in proc.stdout.splitlines():
+            job_id, _, comment = row.strip().partition("|")
+            owner = comment[len(mine):]
+            if comment.startswith(mine) and owner != owner_tag() and not owner_alive(owner):
+                self._run(["scancel", job_id])
+                lines.append(f"scancelled Slurm job {job_id} left by an earlier run of this results root "
+                             f"(owner {owner})")
+        return lines
 
     def unhealthy_nodes_reason(self, nodes: str) -> str | None:
         """'node n2 is down (Not responding)' when a node of the job is down or failing."""

@@ -145,6 +145,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def collect(self, handle: Handle) -> LaunchOutcome: ...
 
+    def sweep(self, results_root: Any) -> list[str]:
+        """Before a session starts anything: end what a dead earlier run of the same results
+        root left running (only that root's; the session holds the root's lock). One line per
+        thing ended, shown as a warning."""
+        return []
+
     def close(self) -> None:
         """Called once at the end of a session (stop helpers, close clients)."""
 

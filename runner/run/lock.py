@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
+import socket
 from pathlib import Path
 
 LOCK_FILE = Path(".runner") / "lock"
@@ -74,3 +76,22 @@ class ResultsLock:
             pass
         os.close(self.fd)
         self.fd = self.path = None
+
+
+def root_tag(results_root: str | os.PathLike[str]) -> str:
+    """A short, stable tag of a results root (12 hex digits) for job comments and labels."""
+    return hashlib.sha1(str(Path(results_root).resolve()).encode()).hexdigest()[:12]
+
+
+def owner_tag() -> str:
+    """This process as ``<pid>.<start time>.<host>``: which runner submitted a job."""
+    return f"{os.getpid()}.{_start_time(os.getpid())}.{socket.gethostname()}"
+
+
+def owner_alive(tag: str) -> bool:
+    """Is the runner an ``owner_tag`` names still alive? (Only knowable on its own host.)"""
+    pid, _, rest = tag.partition(".")
+    started, _, host = rest.partition(".")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return _alive(int(pid), started)
