@@ -13,15 +13,19 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from runner.errors import UsageError, did_you_mean
+
+if TYPE_CHECKING:
+    from runner.config import ProjectConfig
+    from runner.run.session import Options
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 by default; usage errors are 4
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 by default; usage errors are 4
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -100,7 +104,7 @@ def _load(ns: argparse.Namespace):
     return config, plugins
 
 
-def _options(ns: argparse.Namespace, config) -> "object":
+def _options(ns: argparse.Namespace, config: "ProjectConfig") -> "Options":
     from runner.run.session import Options
 
     paths = list(getattr(ns, "paths", []) or [])
@@ -278,7 +282,7 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     return code
 
 
-def exit_code(results: Sequence, *, interrupted: bool = False, forgiven: set[str] = frozenset()) -> int:
+def exit_code(results: Sequence, *, interrupted: bool = False, forgiven: frozenset[str] | set[str] = frozenset()) -> int:
     """pytest's codes; ``forgiven``: case ids whose failure does not count (goldens rewritten)."""
     if interrupted:
         return EXIT_INTERRUPTED

@@ -20,7 +20,7 @@ use exactly these hooks.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pluggy
 
@@ -109,7 +109,3 @@ def runner_case_result(result: "CaseResult") -> None:
 @hookspec
 def runner_session_finish(session: "Session", results: "Sequence[CaseResult]", exit_code: int) -> None:
     """All cases are done (or interrupted); write reports."""
-
-
-def _unused(*_: Any) -> None:  # keeps type checkers quiet about TYPE_CHECKING-only names
-    return None

@@ -9,7 +9,6 @@ name (``runner plugins`` shows it; using one of its ids is a usage error that sa
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Generic, Iterable, TypeVar
@@ -193,11 +192,4 @@ class _Attributing:
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
-    eps = metadata.entry_points()
-    if hasattr(eps, "select"):
-        return list(eps.select(group=ENTRY_POINT_GROUP))
-    return list(eps.get(ENTRY_POINT_GROUP, []))  # type: ignore[attr-defined]
-
-
-def module_is_loaded(name: str) -> bool:
-    return name in sys.modules
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))

@@ -13,15 +13,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-def freeze(value: Any) -> Any:
-    """Mappings stay dicts (JSON), lists become tuples; used for hashing only."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
 @dataclass(frozen=True)
 class Resources:
     nodes: int = 1

@@ -45,6 +45,10 @@ def write_bytes_atomic(path: Path, payload: bytes) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=indent, allow_nan=True) + "\n").encode())
 
@@ -68,10 +72,6 @@ class ResultsDir:
         self.path = Path(path)
 
     # -- layout -------------------------------------------------------------------------
-    @property
-    def launch_file(self) -> Path:
-        return self.path / "launch.json"
-
     def log_file(self, rank: int) -> Path:
         return self.path / "logs" / f"rank{rank}.log"
 
@@ -145,10 +145,6 @@ class ResultsDir:
             except (ValueError, json.JSONDecodeError):
                 continue
         return out
-
-    def capture_names(self) -> list[str]:
-        cdir = self.path / "captures"
-        return sorted(p.name for p in cdir.iterdir() if p.is_dir()) if cdir.is_dir() else []
 
     def capture_ranks(self, name: str) -> list[int]:
         cdir = self.path / "captures" / name

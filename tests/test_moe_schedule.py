@@ -3,7 +3,7 @@
 One spawn runs every configuration (layer and chunk level, each variant, fp32 and bf16) and
 reports, per rank, which tensors are not bit-identical and the recorded node trace; the
 tests below assert on those reports. The expected node orders are written out here from
-the contract in DESIGN.md, not derived from the implementation.
+the contract in docs/architecture.md, not derived from the implementation.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_overlapped_schedule_is_bitwise_equal_to_reference(reports: list[dict], 
 # -- execution order ---------------------------------------------------------------------------
 FORWARD_ALONE = ["f.pre_dispatch.forward", "f.dispatch.forward", "f.mlp.forward", "f.combine.forward"]
 BACKWARD_ALONE = ["b.combine.backward", "b.mlp.backward", "b.dispatch.backward", "b.pre_dispatch.backward"]
-# the contract (DESIGN.md): forward of microbatch i interleaved with backward of microbatch i-1
+# the contract (docs/architecture.md): forward of microbatch i interleaved with backward of microbatch i-1
 STEP = ["b.combine.backward", "f.pre_dispatch.forward", "b.mlp.backward", "f.dispatch.forward",
         "b.dispatch.backward", "f.mlp.forward", "f.combine.forward", "b.pre_dispatch.backward"]
 

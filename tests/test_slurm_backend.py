@@ -167,6 +167,18 @@ def test_bad_env_name_is_rejected(tmp_path: Path) -> None:
         SlurmBackend({}).render(make_launch(tmp_path, env={"A;touch x": "1"}))
 
 
+
+def test_head_node_program_is_the_module_file(tmp_path: Path) -> None:
+    """The script runs the source of backends/slurm/head_node.py, which is also a program of its own."""
+    import backends.slurm.head_node as head_node
+
+    source = Path(head_node.__file__).read_text()
+    assert shlex.quote(source) in SlurmBackend({}).render(make_launch(tmp_path)).text
+    proc = subprocess.run([sys.executable, head_node.__file__, "29400"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    ip, port = proc.stdout.split()
+    assert len(ip.split(".")) == 4 and port == "29400"
+
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_hostile_case_name_is_sanitised_and_quoted(tmp_path: Path, name: str) -> None:
     rd = tmp_path / name / "main"          # results dirs are derived from case names

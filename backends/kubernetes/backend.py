@@ -82,7 +82,6 @@ class KubernetesJob:
     pods: list[Any] | None = None        # the last pod list seen
     seen: bool = False                   # the Job was listed at least once
     deleted: bool = False                # the runner deleted it
-    job_status: Any = None
     failed_reason: str | None = None     # the Job's Failed condition
     failed_message: str | None = None
     logs_saved: bool = False
@@ -248,7 +247,6 @@ class KubernetesBackend(Backend):
                 return JobState(True, "DELETED", st.infra)
             return JobState(False, "PENDING", "not listed yet")
         st.seen = True
-        st.job_status = get(job, "status")
         if get(job, "metadata", "deletion_timestamp") is not None:
             return JobState(False, "TERMINATING", "job is being deleted")
         for cond in get(job, "status", "conditions") or []:

@@ -146,7 +146,7 @@ def labels(name: str, launch: Launch, session: str) -> dict[str, str]:
     return out
 
 
-def annotations(launch: Launch) -> dict[str, str]:
+def object_annotations(launch: Launch) -> dict[str, str]:
     return {CASE_ANNOTATION: launch.case_id, RESULTS_ANNOTATION: launch.results_dir}
 
 
@@ -155,7 +155,7 @@ def service_manifest(launch: Launch, opts: KubernetesOptions, name: str, session
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": opts.namespace,
-                     "labels": labels(name, launch, session), "annotations": annotations(launch)},
+                     "labels": labels(name, launch, session), "annotations": object_annotations(launch)},
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
@@ -203,7 +203,7 @@ def job_manifest(launch: Launch, opts: KubernetesOptions, name: str, session: st
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name, "namespace": opts.namespace, "labels": meta_labels,
-                     "annotations": annotations(launch)},
+                     "annotations": object_annotations(launch)},
         "spec": {
             "completionMode": "Indexed",
             "completions": launch.nodes,
@@ -217,7 +217,7 @@ def job_manifest(launch: Launch, opts: KubernetesOptions, name: str, session: st
                  "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}},
             ]},
             "template": {
-                "metadata": {"labels": dict(meta_labels), "annotations": annotations(launch)},
+                "metadata": {"labels": dict(meta_labels), "annotations": object_annotations(launch)},
                 "spec": pod_spec,
             },
         },

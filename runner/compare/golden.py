@@ -104,7 +104,7 @@ def golden_path_for(case: Case, golden_root: Path, environment: str) -> Path:
         if not p.is_absolute():
             p = Path(case.spec_file).parent / p
         return p
-    root = Path(case.golden.get("dir")) if case.golden and case.golden.get("dir") else golden_root
+    root = Path(case.golden["dir"]) if case.golden and case.golden.get("dir") else golden_root
     if not root.is_absolute() and case.golden and case.golden.get("dir"):
         root = Path(case.spec_file).parent / root
     name = case.golden.get("name", case.name) if case.golden else case.name

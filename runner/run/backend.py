@@ -221,20 +221,20 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
         return LaunchOutcome(launch, Outcome.INFRA, infra_reason, exit_code=exit_code,
                              duration=duration, attempts=attempts)
     missing = sorted(set(range(world)) - set(records))
-    rank = missing[0] if missing else None
-    tail_text = rd.log_tail(rank) if rank is not None else ""
+    first_missing: int | None = missing[0] if missing else None
+    tail_text = rd.log_tail(first_missing) if first_missing is not None else ""
     if not tail_text:
         for log in rd.iter_logs():
             if log.name.startswith("launcher"):
                 from runner.results import tail
 
                 tail_text = tail(log)
-    detail = f"rank {rank} ended without a completion record" if rank is not None else "failed"
+    detail = f"rank {first_missing} ended without a completion record" if first_missing is not None else "failed"
     if exit_code not in (None, 0):
         from runner.results import describe_exit
 
         detail += f" ({describe_exit(exit_code)})"
-    return LaunchOutcome(launch, Outcome.ERROR, detail, exit_code=exit_code, failed_rank=rank,
+    return LaunchOutcome(launch, Outcome.ERROR, detail, exit_code=exit_code, failed_rank=first_missing,
                          log_tail=tail_text, duration=duration, attempts=attempts)
 
 

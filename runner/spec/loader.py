@@ -21,7 +21,6 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: a template's pieces: '{{' and '}}' are literal braces, '{name}' a placeholder
 _TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
-MERGED_MAPPINGS = ("args", "resources", "env", "golden", "compare", "profiles")
 
 
 def find_spec_files(paths: Iterable[str]) -> list[tuple[Path, str | None]]:
@@ -290,7 +289,7 @@ class _ArgPositions(Mapping):
     def __init__(self, pos: _Positions, profiles: list[str]) -> None:
         self.pos, self.profiles = pos, profiles
 
-    def get(self, key, default=None):  # type: ignore[override]
+    def get(self, key, default=None):
         return self.pos.at(tuple(key), self.profiles[-1] if self.profiles else None) or default
 
     def __getitem__(self, key):

@@ -7,15 +7,16 @@ Importing this module does not import torch.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Mapping
 
 from runner.records import Launch
-from runner.results import ResultsDir, json_line, write_json_atomic
+from runner.results import ResultsDir, json_line, write_bytes_atomic, write_json_atomic
 
 
 class WorkerContext:
@@ -26,9 +27,9 @@ class WorkerContext:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.host = socket.gethostname()
-        self._metrics_fh = None
+        self._metrics_fh: IO[str] | None = None
         self._info: dict[str, Any] = {}
-        self._tb_writer = None
+        self._tb_writer: Any = None     # a SummaryWriter once asked for
 
     # -- what the case says -------------------------------------------------------------
     @property
@@ -115,9 +116,9 @@ class WorkerContext:
         path = self.results.capture_file(name, self.rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         flat = {str(k): v.detach().to("cpu").clone() for k, v in tensors.items()}
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(flat, tmp)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        torch.save(flat, buf)
+        write_bytes_atomic(path, buf.getvalue())
         return path
 
     def record(self, key: str, value: Any) -> None:

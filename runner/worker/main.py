@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Any
 
 from runner.results import write_json_atomic
 from runner.worker.context import WorkerContext, read_launch
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RUNNER_WORKER_NO_REDIRECT") != "1":
         _redirect_output(ctx.results.log_file(ctx.rank))
     started = time.time()
-    record = {"rank": ctx.rank, "world_size": ctx.world_size, "host": ctx.host, "pid": os.getpid(),
+    record: dict[str, Any] = {"rank": ctx.rank, "world_size": ctx.world_size, "host": ctx.host, "pid": os.getpid(),
               "node": os.environ.get("SLURMD_NODENAME") or os.environ.get("RUNNER_NODE_RANK") or ctx.host,
               "started": started}
     code = 0

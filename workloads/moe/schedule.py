@@ -7,7 +7,7 @@ stored state. Communication nodes (dispatch, combine) launch all-to-alls asynchr
 (``Communicator``) and return ``Pending`` results; the node that consumes a result waits
 for it — that wait is the only ordering inside a step.
 
-The step order (the contract, see DESIGN.md) for forward of microbatch i and backward of
+The step order (the contract, see docs/architecture.md) for forward of microbatch i and backward of
 microbatch i-1::
 
     b.combine.backward   f.pre_dispatch.forward   b.mlp.backward   f.dispatch.forward
