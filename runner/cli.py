@@ -232,12 +232,12 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     session.check_goldens(cases)
     backend = _backend(session)
     if session.options.dry_run:
+        chunks: list[str] = []   # one write at the end: 10k cases print in one go
         for case in cases:
             for launch in session.plan(case):
                 rendered = backend.render(launch)
-                print(f"# {case.id} [{launch.name}] on {backend.id}")
-                print(rendered.text)
-                print()
+                chunks.append(f"# {case.id} [{launch.name}] on {backend.id}\n{rendered.text}\n\n")
+        sys.stdout.write("".join(chunks))
         print(f"# {len(cases)} case{'s' if len(cases) != 1 else ''}; nothing was started (--dry-run)")
         return EXIT_OK
     backend.check()
