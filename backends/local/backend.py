@@ -174,6 +174,13 @@ class LocalBackend(Backend):
     def close(self) -> None:
         pass
 
+    def pooled(self, poolable):
+        """This backend with warm worker pools for the launches ``poolable`` accepts
+        (backends/local/pool.py); the scheduler calls it unless ``--no-reuse``."""
+        from backends.local.pool import PoolingBackend
+
+        return PoolingBackend(self, poolable)
+
 
 @hookimpl
 def runner_register_backends(registry) -> None:

@@ -41,6 +41,7 @@ class Options:
     plugins: list[str] = field(default_factory=list)
     verbose: int = 0
     allow_missing_golden: bool = False
+    reuse: bool = True                 # warm worker pools for poolable kinds (--no-reuse: off)
 
 
 class Session:
