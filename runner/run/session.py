@@ -71,12 +71,13 @@ class Session:
 
     def check_goldens(self, cases: Sequence[Case]) -> None:
         """Every case of a golden-using kind must have a readable golden with the right range."""
-        from runner.compare.golden import golden_path_for, load_golden
-
         for case in cases:
             kind = self.plugins.kind(case.kind)
             if not kind.case_uses_golden(case) or case.skip:
                 continue
+            # imported only when a case uses goldens (it pulls in deepdiff and numpy)
+            from runner.compare.golden import golden_path_for, load_golden
+
             path = golden_path_for(case, self.golden_root, self.environment_for(case))
             if not path.is_file():
                 if self.options.allow_missing_golden:
