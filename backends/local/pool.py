@@ -120,6 +120,8 @@ class PoolingBackend(Backend):
 
     # -- pools ---------------------------------------------------------------------------------
     def _start_pool(self, first: Launch) -> Pool:
+        if self.started == 0:
+            _import_torch_in_background()
         number = next(self._numbers)
         self.started += 1
         root = Path(first.results_root or Path(first.results_dir).parent.parent) / ".pools" / f"pool-{number}"
@@ -291,3 +293,18 @@ class PoolingBackend(Backend):
 
 def pooled(inner: Backend, poolable: Callable[[Launch], bool]) -> PoolingBackend:
     return PoolingBackend(inner, poolable)
+
+
+def _import_torch_in_background() -> None:
+    """Poolable kinds compare tensor captures, which imports torch in the runner process (1-2 s
+    idle, far more under load) when the first case ends; importing it while the pool starts
+    keeps that off the path between cases."""
+    import threading
+
+    def target() -> None:
+        try:
+            import torch  # noqa: F401
+        except Exception:  # noqa: BLE001 - the comparison will say what is wrong
+            pass
+
+    threading.Thread(target=target, name="runner-import-torch", daemon=True).start()
