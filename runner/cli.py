@@ -89,6 +89,9 @@ def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
     p.add_argument("--junit-xml", dest="junit_path", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing case")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("--no-reuse", dest="reuse", action="store_false",
+                   help="start fresh ranks for every launch (default: cases of poolable kinds that share a "
+                        "shape run one after another in one warm pool of ranks)")
     if not golden:
         p.add_argument("--dry-run", action="store_true", help="print each launch as it would be submitted")
 
@@ -132,6 +135,7 @@ def _options(ns: argparse.Namespace, config: "ProjectConfig") -> "Options":
         exitfirst=getattr(ns, "exitfirst", False), golden_dir=getattr(ns, "golden_dir", None),
         environment=getattr(ns, "environment", None) or config.get("environment", "dev"),
         plugins=list(ns.plugins), verbose=getattr(ns, "verbose", 0),
+        reuse=getattr(ns, "reuse", True),
     )
 
 
@@ -232,12 +236,12 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     session.check_goldens(cases)
     backend = _backend(session)
     if session.options.dry_run:
+        chunks: list[str] = []   # one write at the end: 10k cases print in one go
         for case in cases:
             for launch in session.plan(case):
                 rendered = backend.render(launch)
-                print(f"# {case.id} [{launch.name}] on {backend.id}")
-                print(rendered.text)
-                print()
+                chunks.append(f"# {case.id} [{launch.name}] on {backend.id}\n{rendered.text}\n\n")
+        sys.stdout.write("".join(chunks))
         print(f"# {len(cases)} case{'s' if len(cases) != 1 else ''}; nothing was started (--dry-run)")
         return EXIT_OK
     backend.check()

@@ -64,7 +64,7 @@ class LocalBackend(Backend):
                "--nnodes", str(launch.nodes), "--nproc-per-node", str(launch.nproc_per_node),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", launch.job_name, "--max-restarts", "0",
-               "--monitor-interval", "0.5"]
+               "--monitor-interval", "0.1"]   # how soon the agent sees its workers end
         if launch.nodes > 1:
             cmd += ["--rdzv-conf", "join_timeout=120"]
         return cmd + list(launch.worker_argv)
@@ -190,6 +190,13 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         pass
+
+    def pooled(self, poolable):
+        """This backend with warm worker pools for the launches ``poolable`` accepts
+        (backends/local/pool.py); the scheduler calls it unless ``--no-reuse``."""
+        from backends.local.pool import PoolingBackend
+
+        return PoolingBackend(self, poolable)
 
 
 @hookimpl

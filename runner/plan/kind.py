@@ -32,6 +32,12 @@ class CaseKind(abc.ABC):
     #: True when cases of this kind compare with golden values (the runner then checks, at
     #: collection, that each case's golden file exists and parses)
     uses_golden: ClassVar[bool] = False
+    #: True when this kind's launches may run in a warm worker pool: one started world of
+    #: ranks (torch imported, process group built) running cases of one shape one after
+    #: another. Entries must then be re-entrant: no module-level state that outlives a case,
+    #: ``ctx.init_distributed()`` called (it is idempotent), groups they create may be left
+    #: (the pool destroys them), the default group must not be destroyed.
+    poolable: ClassVar[bool] = False
 
     def validate(self, case: Case) -> None:
         """Semantic checks beyond the schema; raise runner.errors.CaseError(key, message)."""

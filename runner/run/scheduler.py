@@ -52,6 +52,9 @@ class Scheduler:
         self.exitfirst = exitfirst
         self.on_result = on_result or (lambda r: None)
         self.on_progress = on_progress or (lambda done, running, total: None)
+        self._pools = _with_pools(session, backend)
+        if self._pools is not None:
+            self.backend = self._pools
         cap = backend.capacity()
         self.cap_cpus, self.cap_gpus = cap.cpus, cap.gpus
         self.on_warning = on_warning or (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True))
@@ -118,6 +121,8 @@ class Scheduler:
             with guard:
                 self._loop(pending, running, results, total, backend_id)
         finally:
+            if self._pools is not None:
+                self._pools.close()   # stop the warm pools of this run
             try:
                 signal.signal(signal.SIGINT, old_handler)
                 signal.signal(signal.SIGTERM, old_term)
@@ -265,6 +270,19 @@ class Scheduler:
             write_json_atomic(Path(run.launches[0].results_dir).parent / "result.json", result.to_json())
         except OSError:
             pass
+
+
+def _with_pools(session: Any, backend: Backend) -> Backend | None:
+    """The backend with warm worker pools for poolable kinds, when it offers them (a
+    ``pooled(poolable)`` method, e.g. the local backend) and ``--no-reuse`` is not given."""
+    pooled = getattr(backend, "pooled", None)
+    if pooled is None or not getattr(getattr(session, "options", None), "reuse", True):
+        return None
+
+    def poolable(launch: Launch) -> bool:
+        return bool(getattr(session.plugins.kind(launch.kind), "poolable", False))
+
+    return pooled(poolable)
 
 
 def _with_attempts(outcome: LaunchOutcome, attempt: int) -> LaunchOutcome:

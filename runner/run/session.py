@@ -42,6 +42,7 @@ class Options:
     plugins: list[str] = field(default_factory=list)
     verbose: int = 0
     allow_missing_golden: bool = False
+    reuse: bool = True                 # warm worker pools for poolable kinds (--no-reuse: off)
 
 
 class Session:
@@ -72,9 +73,13 @@ class Session:
 
     def check_goldens(self, cases: Sequence[Case]) -> None:
         """Every case of a golden-using kind must have a readable golden with the right range."""
-        from runner.compare.golden import golden_path_for, load_golden
-
         for case in cases:
+            kind = self.plugins.kind(case.kind)
+            if not kind.case_uses_golden(case) or case.skip:
+                continue
+            # imported only when a case uses goldens (it pulls in deepdiff and numpy)
+            from runner.compare.golden import golden_path_for, load_golden
+
             self._check_golden(case, golden_path_for, load_golden)
 
     def _check_golden(self, case: Case, golden_path_for: Any, load_golden: Any) -> None:

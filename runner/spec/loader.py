@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -86,6 +87,16 @@ class _Positions:
                     return self.positions[base]
         return self.positions.get(self.case_prefix)
 
+    def key_locations_cached(self, data: Mapping[str, Any], profiles: list[str]) -> Mapping[str, Location]:
+        """``key_locations``, shared between the cases of one entry whose keys are the same
+        (matrix combinations usually are): a case's locations depend only on its key tree."""
+        shape = (_shape(data), tuple(profiles))
+        cache = self.__dict__.setdefault("_cache", {})
+        hit = cache.get(shape)
+        if hit is None:
+            hit = cache[shape] = self.key_locations(data, profiles)
+        return hit
+
     def key_locations(self, data: Mapping[str, Any], profiles: list[str]) -> dict[str, Location]:
         out: dict[str, Location] = {}
 
@@ -103,6 +114,13 @@ class _Positions:
         for k, v in data.items():
             walk(v, (k,))
         return out
+
+
+def _shape(obj: Any) -> Any:
+    """The key tree of nested mappings (what key_locations walks), hashable."""
+    if isinstance(obj, dict):   # parsed YAML: plain dicts (an ABC check costs 10x more)
+        return tuple([(k, _shape(v)) for k, v in obj.items()])
+    return None
 
 
 def _substitute(value: Any, combo: Mapping[str, Any], where: str, file: str, loc: Location | None) -> Any:
@@ -141,18 +159,28 @@ def expand_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
     return combos or ([{}] if not axes else [])
 
 
+@lru_cache(maxsize=None)
+def _case_schema() -> dict[str, Any]:
+    """The schema of one expanded case (one object, so its compiled validator is reused)."""
+    return {"$ref": "#/$defs/case", "$defs": suite_schema()["$defs"]}
+
+
 class SpecLoader:
     def __init__(self, plugins: Any, platform: str, *, root: Path | None = None) -> None:
         self.plugins = plugins
         self.platform = platform
         self.root = (root or Path.cwd()).resolve()
+        self._id_prefix: dict[Path, str] = {}
 
     def case_id(self, file: Path, name: str) -> str:
-        try:
-            rel = file.resolve().relative_to(self.root)
-        except ValueError:
-            rel = file
-        return f"{rel.as_posix()}::{name}"
+        prefix = self._id_prefix.get(file)
+        if prefix is None:
+            try:
+                rel = file.resolve().relative_to(self.root)
+            except ValueError:
+                rel = file
+            prefix = self._id_prefix[file] = rel.as_posix()
+        return f"{prefix}::{name}"
 
     def load_paths(self, paths: Iterable[str]) -> list[Case]:
         cases: list[Case] = []
@@ -199,17 +227,18 @@ class SpecLoader:
                             line=loc.line if loc else None, col=loc.col if loc else None, key=f"cases[{index}].matrix")
         body = {k: v for k, v in entry.items() if k != "matrix"}
         merged_base = deep_merge(defaults, body)
+        # profiles first (the same for every combination), so their values may use
+        # placeholders too; substitution then builds fresh containers for each combination
+        profiles = merged_base.pop("profiles", {}) or {}
+        applied: list[str] = []
+        for pname in profile_candidates(self.platform):
+            if pname in profiles:
+                merged_base = deep_merge(merged_base, profiles[pname])
+                applied.append(pname)
+        key_locs = {k: pos.at((k,)) for k in merged_base}
         cases = []
         for combo in combos:
-            merged = copy.deepcopy(merged_base)
-            # profiles first, so their values may use placeholders too
-            profiles = merged.pop("profiles", {}) or {}
-            applied: list[str] = []
-            for pname in profile_candidates(self.platform):
-                if pname in profiles:
-                    merged = deep_merge(merged, profiles[pname])
-                    applied.append(pname)
-            merged = {k: _substitute(v, combo, k, fname, pos.at((k,))) for k, v in merged.items()}
+            merged = {k: _substitute(v, combo, k, fname, key_locs[k]) for k, v in merged_base.items()}
             cases.append(self._build_case(file, index, merged, combo, pos, applied))
         return cases
 
@@ -229,8 +258,7 @@ class SpecLoader:
         if (why := check_name_component(name, what="a case name")) is not None:
             raise err("name", why)
         # the expanded case again, now that placeholders hold their axis values
-        case_schema = {"$ref": "#/$defs/case", "$defs": suite_schema()["$defs"]}
-        validate(dict(d), case_schema, file=fname, positions=_ArgPositions(pos, profiles),
+        validate(dict(d), _case_schema(), file=fname, positions=_ArgPositions(pos, profiles),
                  what=f" (case '{name}')")
         kind_id = d.get("kind")
         if not kind_id:
@@ -265,10 +293,9 @@ class SpecLoader:
             compare=dict(d.get("compare", {}) or {}),
             matrix=dict(combo),
             platform=self.platform,
-            key_locations=pos.key_locations(d, profiles),
+            key_locations=pos.key_locations_cached(d, profiles),
         )
-        schema = dict(kind.args_schema)
-        validate(case.args, schema, file=fname, positions=_ArgPositions(pos, profiles),
+        validate(case.args, kind.args_schema, file=fname, positions=_ArgPositions(pos, profiles),
                  prefix=("args",), what=f" (case '{name}', kind '{kind_id}')")
         golden_name = case.golden.get("name")
         if isinstance(golden_name, str) and (why := check_name_component(golden_name, what="golden.name")):

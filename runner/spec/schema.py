@@ -24,6 +24,43 @@ def _validator(schema: Mapping[str, Any]):
     return cls(schema)
 
 
+#: compiled fast validators by schema identity (schemas are module-level constants: the suite
+#: schema, each kind's ``args_schema``); the schema object is kept so its id stays unique
+_FAST: dict[int, tuple[Mapping[str, Any], Any]] = {}
+
+
+def _fast_valid(schema: Mapping[str, Any], data: Any, allow_placeholders: bool = False) -> bool:
+    """True when a compiled validator (jsonschema-rs, when installed) accepts ``data``.
+
+    Collection validates every expanded case twice; the pure-Python validator costs ~0.5 ms a
+    call, the compiled one under 1 µs. Only "valid" is trusted: anything else goes through
+    ``jsonschema`` for the message, and its word wins.
+    """
+    hit = _FAST.get(id(schema))
+    if hit is None or hit[0] is not schema:
+        try:
+            import jsonschema_rs
+        except ImportError:
+            return False
+        try:
+            compiled = jsonschema_rs.validator_for(dict(schema))
+        except Exception:  # noqa: BLE001 - a schema it cannot compile: the slow path decides
+            compiled = None
+        hit = _FAST[id(schema)] = (schema, compiled)
+    if hit[1] is None:
+        return False
+    try:
+        if hit[1].is_valid(data):
+            return True
+        if not allow_placeholders:
+            return False
+        # a spec file before expansion: values that are exactly a placeholder are checked later
+        errors = list(hit[1].iter_errors(data))
+        return bool(errors) and all(_is_placeholder(e.instance) for e in errors)
+    except Exception:  # noqa: BLE001 - data it cannot convert (e.g. a non-JSON value)
+        return False
+
+
 def _allowed_keys(schema: Mapping[str, Any], root: Mapping[str, Any]) -> list[str]:
     if "$ref" in schema:
         ref = schema["$ref"]
@@ -106,6 +143,8 @@ def validate(data: Any, schema: Mapping[str, Any], *, file: str, positions: Mapp
     With ``allow_placeholders`` a value that is exactly a matrix placeholder (``"{axis}"``)
     passes; the expanded case is validated again once the axis value is known.
     """
+    if _fast_valid(schema, data, allow_placeholders):
+        return
     errors = list(_validator(schema).iter_errors(data))
     if allow_placeholders:
         errors = [e for e in errors if not _exempt(e)]

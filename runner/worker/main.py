@@ -48,6 +48,29 @@ def main(argv: list[str] | None = None) -> int:
     ctx = WorkerContext(launch)
     if os.environ.get("RUNNER_WORKER_NO_REDIRECT") != "1":
         _redirect_output(ctx.results.log_file(ctx.rank))
+    code = execute(ctx)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        # Skip interpreter teardown: a rank that failed while peers wait in a collective
+        # must not hang in process-group destructors.
+        os._exit(code)
+    try:
+        import torch.distributed as dist
+
+        if "torch" in sys.modules and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001
+        pass
+    return 0
+
+
+def execute(ctx: WorkerContext) -> int:
+    """Run the launch's entry in this rank and write its completion record; the exit code.
+
+    Shared by a fresh rank (``main``) and a warm pool rank (``runner.worker.pool``), so the
+    records are the same either way."""
+    launch = ctx.launch
     started = time.time()
     record: dict[str, Any] = {"rank": ctx.rank, "world_size": ctx.world_size, "host": ctx.host, "pid": os.getpid(),
               "node": os.environ.get("SLURMD_NODENAME") or os.environ.get("RUNNER_NODE_RANK") or ctx.host,
@@ -74,21 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
     record["finished"] = time.time()
     record["duration"] = record["finished"] - started
-    write_json_atomic(ctx.results.done_file(ctx.rank), record)
     sys.stdout.flush()
     sys.stderr.flush()
-    if code:
-        # Skip interpreter teardown: a rank that failed while peers wait in a collective
-        # must not hang in process-group destructors.
-        os._exit(code)
-    try:
-        import torch.distributed as dist
-
-        if "torch" in sys.modules and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001
-        pass
-    return 0
+    write_json_atomic(ctx.results.done_file(ctx.rank), record)
+    return code
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ class A2AOverlapKind(CaseKind):
     description = ("MoE all-to-all overlap equivalence: the overlapped 1F1B schedule's outputs and "
                    "gradients must be bit-identical to the sequential reference on every rank")
     args_schema = ARGS_SCHEMA
+    poolable = True
 
     def validate(self, case: Case) -> None:
         args = resolve_args(case.args)
