@@ -151,6 +151,10 @@ class SpecLoader:
             rel = file
         return f"{rel.as_posix()}::{name}"
 
+    def _schema(self) -> dict[str, Any]:
+        checks = getattr(self.plugins, "checks", None)
+        return suite_schema(tuple(checks.ids()) if checks is not None else None)
+
     def load_paths(self, paths: Iterable[str]) -> list[Case]:
         cases: list[Case] = []
         seen: dict[str, Case] = {}
@@ -179,7 +183,7 @@ class SpecLoader:
         data, positions = load_with_positions(text, fname)
         if data is None:
             raise SpecError("empty spec file (expected 'cases:')", file=fname, line=1, col=1)
-        validate(data, suite_schema(), file=fname, positions=positions, allow_placeholders=True)
+        validate(data, self._schema(), file=fname, positions=positions, allow_placeholders=True)
         defaults = data.get("defaults", {}) or {}
         out: list[Case] = []
         for index, entry in enumerate(data["cases"]):
@@ -227,7 +231,7 @@ class SpecLoader:
         if any(ch in name for ch in "/\0\n"):
             raise err("name", "a case name may not contain '/', newlines or NUL")
         # the expanded case again, now that placeholders hold their axis values
-        case_schema = {"$ref": "#/$defs/case", "$defs": suite_schema()["$defs"]}
+        case_schema = {"$ref": "#/$defs/case", "$defs": self._schema()["$defs"]}
         validate(dict(d), case_schema, file=fname, positions=_ArgPositions(pos, profiles),
                  what=f" (case '{name}')")
         kind_id = d.get("kind")
