@@ -75,7 +75,8 @@ def series_agreement(reference: Metrics, candidate: Metrics, metrics: Sequence[s
 
     out: list[CheckResult] = []
     for name in metrics:
-        ref = {s: v for s, v in (reference.get(name) or {}).items() if s > after_step}
+        ref = {s: (v if decimals is None else round(v, decimals))
+               for s, v in (reference.get(name) or {}).items() if s > after_step}
         if not ref:
             out.append(CheckResult(f"{label}:{name}", False, f"{name}: the reference run logged no step after {after_step}"))
             continue
