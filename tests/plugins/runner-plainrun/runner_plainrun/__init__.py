@@ -1,7 +1,9 @@
-"""A minimal third-party backend: every launch runs as `torchrun --standalone` (one node).
+"""A minimal third-party plugin: a backend (every launch runs as `torchrun --standalone`, one
+node) and a metric check (``final``, in ``checks.py``).
 
 It exists to prove the plugin API from the outside: installed as a package with an entry
-point in the `runner` group, it becomes usable as `--backend plainrun`.
+point in the `runner` group, it becomes usable as `--backend plainrun`, and specs may name
+`final` in `compare.metrics.<metric>.checks`.
 """
 from __future__ import annotations
 
@@ -60,3 +62,10 @@ class PlainRunBackend(Backend):
 @hookimpl
 def runner_register_backends(registry):
     registry.add(PlainRunBackend)
+
+
+@hookimpl
+def runner_register_checks(registry):
+    from runner_plainrun.checks import FinalValue
+
+    registry.add(FinalValue)
