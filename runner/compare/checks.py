@@ -148,28 +148,45 @@ class Close(MetricCheck):
         return _per_step(job, self.id, close, bool(_np().all(close)), f"close (rtol {r.rtol:g}, atol {r.atol:g})")
 
 
-def timing_window(golden: GoldenSeries, rule: Rule) -> tuple[list[int], str]:
+def timing_window(golden: "GoldenSeries", rule: "Rule") -> tuple[list[int], str]:
     """Megatron's iteration-time steps: (steps, how chosen); no steps -> the reason."""
-    finite = sorted(s for s, v in zip(golden.steps.tolist(), golden.values.tolist()) if math.isfinite(v))
-    if not finite:
+    np = _np()
+    finite = np.sort(golden.steps[np.isfinite(golden.values)])
+    if not len(finite):
         return [], "the golden has no finite values"
     if rule.window is not None:
         lo, hi = rule.window
-        chosen = [s for s in finite if lo <= s <= hi]
+        chosen = finite[(finite >= lo) & (finite <= hi)].tolist()
         return chosen, (f"steps {lo}-{hi}" if chosen else f"the golden has no finite steps in window {lo}-{hi}")
     lo, hi = (5, 20) if finite[-1] <= 25 else (30, 45)
-    chosen = [s for s in finite if lo <= s <= hi]
+    chosen = finite[(finite >= lo) & (finite <= hi)].tolist()
     if chosen:
         return chosen, f"steps {lo}-{hi}"
-    chosen = [s for s in finite if s >= lo][:4]
+    chosen = finite[finite >= lo][:4].tolist()
     if chosen:
         return chosen, f"steps {chosen[0]}-{chosen[-1]} (first finite steps from {lo}: window {lo}-{hi} is empty)"
     return [], f"the golden has no finite values at or after step {lo}"
 
 
+def _window_values(al: "Aligned", steps: list[int]) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
+    """expected, actual and missing at the window's steps."""
+    np = _np()
+    mask = np.isin(al.steps, np.asarray(steps, dtype=np.int64))
+    return al.expected[mask], al.actual[mask], al.missing[mask]
+
+
 def _median(values: Sequence[float]) -> float:
     np = _np()
     return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def _values_at(source: Any, steps: list[int]) -> "np.ndarray":
+    """A series' values at ``steps`` (missing -> +inf)."""
+    from runner.compare.golden.files import GoldenSeries
+
+    np = _np()
+    at = GoldenSeries(0, 0, 1, np.asarray(steps, dtype=np.int64), np.zeros(len(steps)))
+    return _series().align(at, source, None).raw
 
 
 class Median(MetricCheck):
@@ -181,14 +198,11 @@ class Median(MetricCheck):
         steps, how = timing_window(job.golden, r)
         if not steps:
             return CheckResult(f"{job.name}:{self.id}", False, f"{job.metric} median: {how} (nothing to compare)")
-        gold = dict(zip(job.golden.steps.tolist(), job.golden.values.tolist()))
-        al = job.aligned
-        run = dict(zip(al.steps.tolist(), al.actual.tolist()))
-        exp = _median([gold[s] for s in steps])
-        act = _median([run[s] for s in steps])
+        exp_v, act_v, miss = _window_values(job.aligned, steps)
+        exp, act = _median(exp_v), _median(act_v)
         np = _np()
         passed = bool(_series().isclose(np.array([act]), np.array([exp]), r.rtol, r.atol)[0])
-        missing = [s for s in steps if s not in _series().run_mapping(job.actual)]
+        missing = job.aligned.steps[np.isin(job.aligned.steps, steps) & job.aligned.missing].tolist()
         data = {"expected_median": _j(exp), "actual_median": _j(act), "window": [steps[0], steps[-1]],
                 "steps": steps, "missing_steps": missing}
         detail = "" if passed else (f"{job.metric} median over {how}: expected {exp:.6g}, got {act:.6g} "
@@ -218,17 +232,16 @@ class Timing(MetricCheck):
         steps, how = timing_window(job.golden, r)
         if not steps:
             return CheckResult(f"{job.name}:{self.id}", False, f"{job.metric} timing: {how} (nothing to compare)")
-        g_it = job.golden.as_dict()
-        g_cal = gcal.as_dict()
-        run = _series().run_mapping(job.actual)
-        inf = math.inf
-        exp = _median([g_it[s] / g_cal.get(s, inf) for s in steps])
-        act = _median([run[s] / acal[s] if s in run and s in acal else inf for s in steps])
+        np = _np()
+        g_it, g_cal = _values_at(job.golden, steps), _values_at(gcal, steps)
+        a_it, a_cal = _values_at(job.actual, steps), _values_at(acal, steps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            exp = _median(g_it / g_cal)
+            act = _median(np.where(np.isfinite(a_it) & np.isfinite(a_cal), a_it / a_cal, math.inf))
         ratio = act / exp if exp > 0 else math.inf
         bound = 1.0 + r.rtol
         passed = bool(1.0 / bound <= ratio <= bound)
-        raw_exp = _median([g_it[s] for s in steps])
-        raw_act = _median([run.get(s, inf) for s in steps])
+        raw_exp, raw_act = _median(g_it), _median(a_it)
         data = {"normalized_expected": _j(exp), "normalized_actual": _j(act), "ratio": _j(ratio),
                 "bound": bound, "window": [steps[0], steps[-1]],
                 "raw_expected_median_s": _j(raw_exp), "raw_actual_median_s": _j(raw_act)}

@@ -50,8 +50,8 @@ class GoldenSeries:
     @classmethod
     def from_mapping(cls, values: Mapping[int, float], start_step: int | None = None,
                      end_step: int | None = None, step_interval: int = 1) -> "GoldenSeries":
-        steps = np.fromiter((int(s) for s in values), dtype=np.int64, count=len(values))
-        vals = np.fromiter((float(v) for v in values.values()), dtype=np.float64, count=len(values))
+        steps = np.fromiter(values.keys(), dtype=np.int64, count=len(values))
+        vals = np.fromiter(values.values(), dtype=np.float64, count=len(values))
         lo = int(steps.min()) if len(steps) else 1
         hi = int(steps.max()) if len(steps) else 0
         return cls(start_step if start_step is not None else lo, end_step if end_step is not None else hi,

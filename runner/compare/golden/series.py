@@ -42,16 +42,22 @@ def run_mapping(actual: Mapping[int, float] | GoldenSeries) -> Mapping[int, floa
 
 
 def align(golden: GoldenSeries, actual: Mapping[int, float] | GoldenSeries, decimals: int | None) -> Aligned:
-    run = run_mapping(actual)
-    steps = golden.steps.tolist()
-    got = [run.get(s) for s in steps]
-    missing = np.fromiter((v is None for v in got), dtype=bool, count=len(got))
-    raw = np.fromiter((math.inf if v is None else float(v) for v in got), dtype=np.float64, count=len(got))
+    if isinstance(actual, GoldenSeries):
+        keys, vals = actual.steps, actual.values
+    else:
+        keys = np.fromiter(actual.keys(), dtype=np.int64, count=len(actual))
+        vals = np.fromiter(actual.values(), dtype=np.float64, count=len(actual))
+    order = np.argsort(keys, kind="stable")
+    keys, vals = keys[order], vals[order]
+    pos = np.searchsorted(keys, golden.steps)
+    clipped = np.minimum(pos, max(len(keys) - 1, 0))
+    found = (pos < len(keys)) & (keys[clipped] == golden.steps) if len(keys) else np.zeros(len(golden.steps), bool)
+    raw = np.where(found, vals[clipped] if len(keys) else 0.0, math.inf)
     if decimals is None:
         values = raw
-    else:
-        values = np.fromiter((round(v, decimals) for v in raw.tolist()), dtype=np.float64, count=len(got))
-    return Aligned(golden.steps, golden.values, values, raw, missing)
+    else:   # Python's round(), exactly as Megatron rounds what it reads from TensorBoard
+        values = np.fromiter((round(v, decimals) for v in raw.tolist()), dtype=np.float64, count=len(raw))
+    return Aligned(golden.steps, golden.values, values, raw, ~found)
 
 
 def isclose(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> np.ndarray:
