@@ -30,11 +30,12 @@ from runner.hookspecs import hookimpl
 from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
 from runner.records import Case, CheckResult, LaunchOutcome
 from workloads.gpt.config import BUILTIN_DATA, ConfigError, GPTConfig
-from workloads.gpt.faults import FAULTS
+from workloads.gpt.faults import FAULTS, STEP_FAULTS
 
 ENTRY = "workloads.gpt.worker:run"
 TEST_TYPES = ("regular", "ckpt-resume")
-METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time")
+METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time",
+           "calibration-time")
 RESUME_METRICS = ("lm loss", "num-zeros")
 
 _DESCRIPTIONS = {
@@ -147,7 +148,7 @@ class GPTKind(CaseKind):
             if not cfg.deterministic_mode:
                 raise CaseError("args.deterministic_mode", "ckpt-resume compares run 1 and run 2 exactly; it "
                                                            "needs deterministic_mode: true")
-        if "inject_fault" in case.args and test_type != "ckpt-resume":
+        if case.args.get("inject_fault") not in (None, *STEP_FAULTS) and test_type != "ckpt-resume":
             raise CaseError("args.inject_fault", "planted checkpoint faults only make sense with test_type "
                                                  "ckpt-resume")
 

@@ -14,7 +14,8 @@ iteration-time                                          median rtol 0.05
 Our own goldens (full precision, with a fingerprint sidecar) differ in one row:
 ``iteration-time`` gets the load-proof ``timing`` check (see ``runner.compare.checks``)
 instead of the raw median, which a busy machine fails. A metric not in the table gets
-``approximate`` rtol 0.05. A case overrides any of it under ``compare.metrics.<name>``
+``approximate`` rtol 0.05; ``calibration-time`` (read by ``timing``) gets no check of its own.
+A case overrides any of it under ``compare.metrics.<name>``
 (``checks``, ``rtol``, ``atol``, ``window``, ``skip``) and picks the metrics with
 ``compare.select`` (Megatron's ``METRICS``).
 """
@@ -37,6 +38,8 @@ MEGATRON_RULES: dict[str, dict[str, Any]] = {
 FULL_PRECISION_RULES: dict[str, dict[str, Any]] = {
     "iteration-time": {"checks": ["timing"], "rtol": 0.5, "atol": 0.0},
 }
+#: metrics recorded only for another check (the ``timing`` check reads ``calibration-time``)
+COMPANION_RULES: dict[str, dict[str, Any]] = {"calibration-time": {"checks": []}}
 FALLBACK_RULE: dict[str, Any] = {"checks": ["approximate"], "rtol": 0.05, "atol": 0.0}
 
 
@@ -78,7 +81,7 @@ class CompareOptions:
                    dict(compare.get("metrics", {}) or {}))
 
     def rule(self, metric: str, *, full_precision: bool) -> Rule:
-        base = dict(MEGATRON_RULES.get(metric, FALLBACK_RULE))
+        base = dict(MEGATRON_RULES.get(metric) or COMPANION_RULES.get(metric) or FALLBACK_RULE)
         if full_precision and metric in FULL_PRECISION_RULES:
             base = dict(FULL_PRECISION_RULES[metric])
         base.update(self.overrides.get(metric, {}))
