@@ -148,6 +148,16 @@ class ComparisonStage:
         return out
 
 
+def compare_case(kind: Any, case: Case, outcomes: Sequence[LaunchOutcome], ctx: Any,
+                 checks: Mapping[str, Any] | None = None) -> list[CheckResult]:
+    """Every check of a case: the kind's own ``compare`` and its declared ``comparisons``."""
+    out = list(kind.compare(case, outcomes, ctx))
+    declared = kind.comparisons(case, outcomes)
+    if declared:
+        out.extend(run_comparisons(case, outcomes, ctx, declared, checks))
+    return out
+
+
 def run_comparisons(case: Case, outcomes: Sequence[LaunchOutcome], ctx: Any, comparisons: Sequence[Comparison],
                     checks: Mapping[str, Any] | None = None) -> list[CheckResult]:
     return ComparisonStage(case, outcomes, ctx, checks).run(comparisons)

@@ -29,13 +29,10 @@ def decide(session: Any, case: Case, outcomes: Sequence[LaunchOutcome], *, backe
         return _xfail(CaseResult(case, verdict, detail, duration, backend, tuple(outcomes)))
     checks: list[CheckResult] = []
     try:
-        ctx = session.compare_context(case)
-        checks.extend(kind.compare(case, outcomes, ctx))
-        declared = kind.comparisons(case, outcomes)
-        if declared:
-            from runner.compare.stage import run_comparisons
+        from runner.compare.stage import compare_case
 
-            checks.extend(run_comparisons(case, outcomes, ctx, declared, session.plugins.checks.as_mapping()))
+        checks.extend(compare_case(kind, case, outcomes, session.compare_context(case),
+                                   session.plugins.checks.as_mapping()))
         for extra in session.plugins.hook.runner_case_checks(case=case, outcomes=outcomes):
             checks.extend(extra or [])
     except UsageError as exc:
