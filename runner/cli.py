@@ -1,4 +1,4 @@
-"""Command line: ``runner run|list|validate|show|plugins|golden``.
+"""Command line: ``runner run|list|validate|show|plugins|golden|compare``.
 
 Exit codes (pytest's): 0 all passed, 1 some failed, 2 interrupted, 3 internal error,
 4 usage error, 5 nothing collected. A UsageError anywhere becomes one line on stderr and
@@ -74,7 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(upd, golden=True)
     upd.add_argument("--only-failing", action="store_true",
                      help="rewrite only goldens whose check failed (or that are missing)")
+
+    cmp_ = sub.add_parser("compare", help="compare a finished run's metrics with a golden file (runs nothing)")
+    cmp_.add_argument("golden", metavar="GOLDEN", help="a golden file (Megatron's format)")
+    cmp_.add_argument("actual", metavar="ACTUAL",
+                      help="a TensorBoard log dir, a metrics JSONL file, or a golden-format JSON file")
+    cmp_.add_argument("--model-config", metavar="FILE",
+                      help="Megatron's model_config.yaml: METRICS, nondeterministic ENV_VARS, TEST_TYPE")
+    cmp_.add_argument("--json", dest="json_out", metavar="FILE", help="write every check to FILE")
+    _common(cmp_, paths=False)
     return parser
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from runner.compare.golden.offline import compare_offline, read_model_config, result_json
+    from runner.plugins import PluginManager
+
+    plugins = PluginManager()
+    plugins.load(list(ns.plugins))
+    config = read_model_config(ns.model_config) if ns.model_config else None
+    result = compare_offline(ns.golden, ns.actual, config, plugins.checks.as_mapping())
+    for c in result.checks:
+        state = "SKIP" if c.skipped else ("PASS" if c.passed else "FAIL")
+        print(f"{state}  {c.name}" + (f"  {c.detail}" if c.detail and not c.passed else ""))
+    for note in result.notes:
+        print(f"note: {note}")
+    failed = sum(1 for c in result.checks if not c.passed)
+    print(f"{len(result.checks) - failed} passed, {failed} failed ({len(result.checks)} checks)")
+    if ns.json_out:
+        from runner.results import write_json_atomic
+
+        write_json_atomic(Path(ns.json_out), result_json(result, ns.golden, ns.actual))
+    return EXIT_OK if result.passed else EXIT_FAILED
 
 
 def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
@@ -322,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_show(ns)
         if ns.command == "plugins":
             return cmd_plugins(ns)
+        if ns.command == "compare":
+            return cmd_compare(ns)
         if ns.command == "golden":
             if ns.golden_command != "update":
                 raise UsageError("runner golden: expected 'update'")

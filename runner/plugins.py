@@ -1,4 +1,4 @@
-"""Plugin manager: discovery, registries for backends and case kinds.
+"""Plugin manager: discovery, registries for backends, case kinds and metric checks.
 
 Discovery order: built-in hook implementations (``runner.builtin``), the ``runner``
 entry-point group (the built-in backends and kinds are registered there, like any
@@ -76,6 +76,14 @@ class KindRegistry(_Registry[Any]):
     what = "case kind"
 
 
+class CheckRegistry(_Registry[Any]):
+    what = "check"
+
+    def as_mapping(self) -> dict[str, Any]:
+        """check id -> check class, for the comparison stage."""
+        return {r.id: r.cls for r in self.items()}
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -90,6 +98,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.backends = BackendRegistry(self)
         self.kinds = KindRegistry(self)
+        self.checks = CheckRegistry(self)
         self.plugins: list[PluginInfo] = []
         self.current_plugin = "?"
         self.current_origin = "?"
@@ -105,7 +114,10 @@ class PluginManager:
         wanted = [p for p in extra if not p.startswith("no:")]
         from runner import builtin
 
+        from runner.compare import checks as builtin_checks
+
         self._register(builtin, "builtin", "builtin")
+        self._register(builtin_checks, "checks", "builtin")
         if entry_points:
             for ep in sorted(_entry_points(), key=lambda e: (e.dist.name if e.dist else "", e.name)):
                 if ep.name in blocked or ep.value.split(":")[0] in blocked:
@@ -131,6 +143,7 @@ class PluginManager:
         self.pm.hook.runner_register_backends.call_historic(kwargs={"registry": self.backends},
                                                              result_callback=None)
         self.pm.hook.runner_register_kinds.call_historic(kwargs={"registry": self.kinds})
+        self.pm.hook.runner_register_checks.call_historic(kwargs={"registry": self.checks})
 
     def _register(self, obj: Any, name: str, origin: str) -> None:
         if self.pm.is_registered(obj) or self.pm.has_plugin(name):

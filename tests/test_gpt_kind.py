@@ -183,6 +183,7 @@ def test_ckpt_resume_passes_and_every_planted_bug_fails(runner_project) -> None:
     data = json.loads(golden.read_text())
     data["lm loss"]["values"]["2"] = data["lm loss"]["values"]["2"] + 1e-4
     golden.write_text(json.dumps(data))
+    from runner.compare.stage import compare_case
     from runner.plan.kind import CompareContext
 
     launches = [Launch.from_json(json.loads(Path(la["results_dir"], "launch.json").read_text()))
@@ -192,7 +193,7 @@ def test_ckpt_resume_passes_and_every_planted_bug_fails(runner_project) -> None:
                 resources=Resources(1, 4), spec_file=str(runner_project.path / "specs" / "gpt_small.yaml"),
                 compare={"metrics": {"iteration-time": {"skip": True}}})
     ctx = CompareContext(golden_root=runner_project.path / "golden", platform="cpu")
-    checks = GPTKind().compare(case, outcomes, ctx)
+    checks = compare_case(GPTKind(), case, outcomes, ctx)   # the kind's checks and the comparison stage's
     failed = [c for c in checks if not c.passed]
     assert [c.name for c in failed] == ["golden:lm loss:deterministic"], failed
     assert "step 2:" in failed[0].detail

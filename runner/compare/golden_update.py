@@ -2,7 +2,8 @@
 
 Only cases whose launches all completed are written (a crashed run never becomes a golden).
 With ``--only-failing`` a golden is rewritten only when its check failed or it is missing.
-Each file is written atomically and records the platform fingerprint; the summary lists, per
+Each file is written atomically, with the platform fingerprint in its sidecar
+(``fingerprint_<env>_<platform>.json``, which Megatron's reader never sees); the summary lists, per
 case and metric, how many steps changed and the largest relative change, for review
 (``git diff golden/`` shows the rest).
 """
@@ -60,14 +61,14 @@ def _diff_summary(old: Any, new: dict[str, dict[int, float]]) -> list[str]:
         if name not in old.metrics:
             lines.append(f"{name}: added ({len(new[name])} steps)")
             continue
-        o, n = old.metrics[name].values, new[name]
+        o, n = old.metrics[name].as_dict(), new[name]
         changed, worst = 0, 0.0
         for step in sorted(set(o) | set(n)):
             a, b = o.get(step), n.get(step)
             if a is None or b is None:
                 changed += 1
                 continue
-            if (math.isnan(a) and math.isnan(b)) or a == b:
+            if (math.isnan(a) and math.isnan(b)) or a == b or (math.isinf(a) and math.isnan(b)):
                 continue
             changed += 1
             worst = max(worst, abs(b - a) / abs(a) if a else math.inf)

@@ -1,4 +1,8 @@
-"""From launch outcomes and checks to one verdict per case."""
+"""From launch outcomes and checks to one verdict per case.
+
+Checks come from the case kind's ``compare`` and from the comparison stage
+(``runner.compare.stage``) running what the kind declares in ``comparisons``.
+"""
 from __future__ import annotations
 
 import traceback
@@ -25,7 +29,10 @@ def decide(session: Any, case: Case, outcomes: Sequence[LaunchOutcome], *, backe
         return _xfail(CaseResult(case, verdict, detail, duration, backend, tuple(outcomes)))
     checks: list[CheckResult] = []
     try:
-        checks.extend(kind.compare(case, outcomes, session.compare_context(case)))
+        from runner.compare.stage import compare_case
+
+        checks.extend(compare_case(kind, case, outcomes, session.compare_context(case),
+                                   session.plugins.checks.as_mapping()))
         for extra in session.plugins.hook.runner_case_checks(case=case, outcomes=outcomes):
             checks.extend(extra or [])
     except UsageError as exc:

@@ -83,12 +83,15 @@ class ScriptKind(CaseKind):
         return rd.metrics()
 
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: CompareContext) -> Sequence[CheckResult]:
-        checks = [CheckResult("completed", True)]
-        if self.case_uses_golden(case):
-            from runner.compare.golden import golden_checks
+        return [CheckResult("completed", True)]
 
-            checks.extend(golden_checks(case, self.metrics(case, outcomes[0]), ctx))
-        return checks
+    def comparisons(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Sequence[Any]:
+        from runner.compare.stage import GoldenMetrics
+
+        if not self.case_uses_golden(case):
+            return ()
+        source = "tensorboard" if case.args.get("metrics", "jsonl") == "tensorboard" else "jsonl"
+        return [GoldenMetrics(outcomes[0].launch.name if outcomes else "main", source)]
 
     def golden_metrics(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Mapping[int, float]] | None:
         return self.metrics(case, outcomes[0]) if outcomes else None

@@ -50,6 +50,11 @@ class CaseKind(abc.ABC):
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: "CompareContext") -> Sequence[CheckResult]:
         """Checks over the finished launches' results dirs (all COMPLETED)."""
 
+    def comparisons(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Sequence[Any]:
+        """What the comparison stage compares for this case (``runner.compare.stage``:
+        GoldenMetrics, RunAgreement, CapturePairs); its checks join ``compare``'s."""
+        return ()
+
     def case_uses_golden(self, case: Case) -> bool:
         """Whether this case compares with golden values (default: the kind's ``uses_golden``)."""
         return self.uses_golden

@@ -160,9 +160,11 @@ def expand_matrix(matrix: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 @lru_cache(maxsize=None)
-def _case_schema() -> dict[str, Any]:
-    """The schema of one expanded case (one object, so its compiled validator is reused)."""
-    return {"$ref": "#/$defs/case", "$defs": suite_schema()["$defs"]}
+@lru_cache(maxsize=None)
+def _case_schema(checks: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The schema of one expanded case (one object per check registry, so its compiled
+    validator is reused)."""
+    return {"$ref": "#/$defs/case", "$defs": suite_schema(checks)["$defs"]}
 
 
 class SpecLoader:
@@ -181,6 +183,13 @@ class SpecLoader:
                 rel = file
             prefix = self._id_prefix[file] = rel.as_posix()
         return f"{prefix}::{name}"
+
+    def _check_ids(self) -> tuple[str, ...] | None:
+        checks = getattr(self.plugins, "checks", None)
+        return tuple(sorted(checks.ids())) if checks is not None else None
+
+    def _schema(self) -> dict[str, Any]:
+        return suite_schema(self._check_ids())
 
     def load_paths(self, paths: Iterable[str]) -> list[Case]:
         cases: list[Case] = []
@@ -207,7 +216,7 @@ class SpecLoader:
         data, positions = load_with_positions(text, fname)
         if data is None:
             raise SpecError("empty spec file (expected 'cases:')", file=fname, line=1, col=1)
-        validate(data, suite_schema(), file=fname, positions=positions, allow_placeholders=True)
+        validate(data, self._schema(), file=fname, positions=positions, allow_placeholders=True)
         defaults = data.get("defaults", {}) or {}
         out: list[Case] = []
         for index, entry in enumerate(data["cases"]):
@@ -258,7 +267,7 @@ class SpecLoader:
         if (why := check_name_component(name, what="a case name")) is not None:
             raise err("name", why)
         # the expanded case again, now that placeholders hold their axis values
-        validate(dict(d), _case_schema(), file=fname, positions=_ArgPositions(pos, profiles),
+        validate(dict(d), _case_schema(self._check_ids()), file=fname, positions=_ArgPositions(pos, profiles),
                  what=f" (case '{name}')")
         kind_id = d.get("kind")
         if not kind_id:

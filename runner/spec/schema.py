@@ -13,8 +13,15 @@ from runner.spec.yamlpos import dotted
 
 
 @lru_cache(maxsize=None)
-def suite_schema() -> dict[str, Any]:
-    return json.loads(resources.files("runner.spec").joinpath("suite.schema.json").read_text())
+def suite_schema(checks: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The spec-file schema; ``checks``: the registered check names (the check registry's ids),
+    which become the enum of ``compare.metrics.<name>.checks``."""
+    schema = json.loads(resources.files("runner.spec").joinpath("suite.schema.json").read_text())
+    if checks is not None:
+        items = schema["$defs"]["metric_rule"]["properties"]["checks"]["items"]
+        items.pop("type", None)
+        items["enum"] = sorted(checks)
+    return schema
 
 
 def _validator(schema: Mapping[str, Any]):

@@ -12,14 +12,20 @@ tests/test_gpt_kind.py check exactly that. Not for production specs: the default
 - ``optimizer_state_not_saved``: the optimizer's fp32 main-parameter and Adam-moment shards are
   left out, so the resumed run restarts Adam from its initial state;
 - ``lr_scheduler_not_restored``: the scheduler state is saved but not applied on load, so the
-  resumed run restarts the warmup.
+  resumed run restarts the warmup;
+- ``slow_step_2x`` (any test type): every transformer layer runs its forward and backward twice
+  (the second result times zero), so the step does about twice the compute with unchanged
+  numerics: the negative control of the load-proof ``timing`` check.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-FAULTS = ("rng_not_saved", "data_position_not_saved", "optimizer_state_not_saved", "lr_scheduler_not_restored")
+FAULTS = ("rng_not_saved", "data_position_not_saved", "optimizer_state_not_saved", "lr_scheduler_not_restored",
+          "slow_step_2x")
+#: faults that are not about checkpoints (any test type)
+STEP_FAULTS = ("slow_step_2x",)
 
 #: the checkpoint top-level key each "not saved" fault drops ("rng" matches the per-rank keys)
 _DROPPED_KEY = {
@@ -47,6 +53,10 @@ class Fault:
         if drop is None:
             return dict(state)
         return {k: v for k, v in state.items() if k != drop and not k.startswith(drop + ".")}
+
+    @property
+    def doubles_compute(self) -> bool:
+        return self.name == "slow_step_2x"
 
     @property
     def restore_scheduler(self) -> bool:

@@ -30,11 +30,12 @@ from runner.hookspecs import hookimpl
 from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
 from runner.records import Case, CheckResult, LaunchOutcome
 from workloads.gpt.config import BUILTIN_DATA, ConfigError, GPTConfig
-from workloads.gpt.faults import FAULTS
+from workloads.gpt.faults import FAULTS, STEP_FAULTS
 
 ENTRY = "workloads.gpt.worker:run"
 TEST_TYPES = ("regular", "ckpt-resume")
-METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time")
+METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time",
+           "calibration-time")
 RESUME_METRICS = ("lm loss", "num-zeros")
 
 _DESCRIPTIONS = {
@@ -147,7 +148,7 @@ class GPTKind(CaseKind):
             if not cfg.deterministic_mode:
                 raise CaseError("args.deterministic_mode", "ckpt-resume compares run 1 and run 2 exactly; it "
                                                            "needs deterministic_mode: true")
-        if "inject_fault" in case.args and test_type != "ckpt-resume":
+        if case.args.get("inject_fault") not in (None, *STEP_FAULTS) and test_type != "ckpt-resume":
             raise CaseError("args.inject_fault", "planted checkpoint faults only make sense with test_type "
                                                  "ckpt-resume")
 
@@ -172,8 +173,6 @@ class GPTKind(CaseKind):
         return {}
 
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: CompareContext) -> Sequence[CheckResult]:
-        from runner.compare.golden import golden_checks, series_equal
-
         cfg = _config(case)
         regular = _test_type(case) == "regular"
         first = self._metrics(outcomes, "main" if regular else "run1")
@@ -183,20 +182,24 @@ class GPTKind(CaseKind):
             checks.append(CheckResult("metrics:steps", False,
                                       f"{'main' if regular else 'run1'} logged steps {_span(steps)}, expected "
                                       f"1..{cfg.train_iters}"))
-        checks.extend(golden_checks(case, {k: v for k, v in first.items() if k in METRICS}, ctx))
         if regular:
             return checks
         resume = resume_iteration(cfg)
-        second = self._metrics(outcomes, "run2")
-        run2_steps = sorted(second.get("lm loss", {}))
+        run2_steps = sorted(self._metrics(outcomes, "run2").get("lm loss", {}))
         after = list(range(resume + 1, cfg.train_iters + 1))
         if run2_steps != after:
             checks.append(CheckResult("resume:steps", False,
                                       f"run2 logged steps {_span(run2_steps)}, expected {after[0]}..{after[-1]} "
                                       f"(resumed from iteration {resume})"))
-        for name in RESUME_METRICS:
-            checks.append(series_equal(name, first.get(name, {}), second.get(name, {}), after, label="resume"))
         return checks
+
+    def comparisons(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Sequence[Any]:
+        from runner.compare.stage import GoldenMetrics, RunAgreement
+
+        if _test_type(case) == "regular":
+            return [GoldenMetrics("main", metrics=METRICS)]
+        return [GoldenMetrics("run1", metrics=METRICS),
+                RunAgreement("run1", "run2", resume_iteration(_config(case)), RESUME_METRICS)]
 
     def golden_metrics(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Mapping[int, float]] | None:
         first = self._metrics(outcomes, "main" if _test_type(case) == "regular" else "run1")

@@ -24,7 +24,10 @@ Metrics (logged by rank 0 for the whole job, Megatron's names):
   for backward during the schedule (saved-tensor hooks, parameters excluded, one count per
   storage). Both are deterministic for a config, so the golden 5% rule is meaningful; the
   maximum over ranks is logged;
-- ``iteration-time``: wall seconds of the iteration, the maximum over ranks.
+- ``iteration-time``: wall seconds of the iteration, the maximum over ranks;
+- ``calibration-time``: wall seconds of a fixed calibration kernel timed just before and just
+  after the iteration in every rank (mean over ranks): the machine's speed at that moment, so
+  ``iteration-time / calibration-time`` is a load-proof step time (workloads/common/timing.py).
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ import torch.distributed as dist
 from workloads.gpt.config import BUILTIN_DATA, GPTConfig
 from workloads.gpt.faults import Fault
 from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
-from workloads.gpt.model import build_chunks
+from workloads.common import timing
+from workloads.gpt.model import TransformerLayer, build_chunks
 from workloads.gpt.pipeline import ActivationTracker, PipelineLayout, PipelineSchedule
 
 @dataclass(frozen=True)
@@ -236,6 +240,9 @@ class Trainer:
         self.saved: list[int] = []
         self.pending_save = None
         self.timings: dict[str, Any] = {}
+        self.calibration = timing.CalibrationKernel(device=self.device)
+        if opts.fault.doubles_compute:
+            timing.double_compute(m for c in self.chunks for m in c.modules() if isinstance(m, TransformerLayer))
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
@@ -299,6 +306,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.schedule.tracker = self.memory.begin()
+        calibration = self.calibration.time()
         t0 = time.perf_counter()
         self.optimizer.zero_grad()
         batches = self.data.next_global_batch()
@@ -309,10 +317,12 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
+        calibration += self.calibration.time()
         allocated, peak = self.memory.end(batches)
         del batches
         loss = torch.stack(losses).mean().double() if losses else torch.zeros((), dtype=torch.float64)
-        summed = torch.stack([loss.cpu(), torch.tensor(float(self.is_last_stage), dtype=torch.float64)])
+        summed = torch.stack([loss.cpu(), torch.tensor(float(self.is_last_stage), dtype=torch.float64),
+                              torch.tensor(calibration, dtype=torch.float64)])
         maxed = torch.tensor([allocated, peak, elapsed], dtype=torch.float64)
         if self.device.type == "cuda":
             summed, maxed = summed.to(self.device), maxed.to(self.device)
@@ -325,6 +335,7 @@ class Trainer:
             "mem-allocated-bytes": float(maxed[0]),
             "mem-max-allocated-bytes": float(maxed[1]),
             "iteration-time": float(maxed[2]),
+            "calibration-time": float(summed[2]) / self.g.world_size,
         }
 
     def run(self) -> None:

@@ -1,9 +1,10 @@
-"""A minimal third-party backend: every launch runs as `torchrun --standalone` (one node).
+"""A minimal third-party plugin: a backend (every launch runs as `torchrun --standalone`, one
+node) and a metric check (``final``, in ``checks.py``).
 
 It exists to prove the plugin API from the outside: installed as a package with an entry
-point in the `runner` group, it becomes usable as `--backend plainrun`. It imports only the
-public API (`runner`), and declares its own checked option (`nice`) without any change to
-the runner.
+point in the `runner` group, it becomes usable as `--backend plainrun`, and specs may name
+`final` in `compare.metrics.<metric>.checks`. It imports only the public API (`runner`), and
+declares its own checked option (`nice`) without any change to the runner.
 """
 from __future__ import annotations
 
@@ -73,3 +74,10 @@ class PlainRunBackend(Backend):
 @hookimpl
 def runner_register_backends(registry):
     registry.add(PlainRunBackend)
+
+
+@hookimpl
+def runner_register_checks(registry):
+    from runner_plainrun.checks import FinalValue
+
+    registry.add(FinalValue)

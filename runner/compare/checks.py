@@ -1,0 +1,261 @@
+"""Metric checks, registered by name like any plugin's (``runner_register_checks``).
+
+A check compares one metric of a run with a reference series (a golden file's, or run 1's in
+a resume test) and returns one ``CheckResult``. The built-ins (Megatron's semantics; see
+``runner.compare.golden.series`` for the arithmetic):
+
+- ``deterministic``: every step equal (rounded to 5 decimals against a Megatron golden);
+  skipped when the case allows nondeterminism;
+- ``approximate``: ``isclose`` per step, passes when ``mean(close) >= 1 - k/N``;
+- ``median``: ``iteration-time``: the median over the steady window (absolute steps 5-20 when
+  the last finite golden step is <= 25, else 30-45; if the window holds no finite golden step,
+  the first 4 finite steps at or after its start), run's missing steps as +inf, ``isclose``;
+- ``bitwise``: every step equal at full precision, whatever the golden's precision;
+  skipped when the case allows nondeterminism;
+- ``close``: ``isclose`` on every step, no failing step allowed;
+- ``timing``: load-proof iteration time: the median over the same window of
+  ``iteration-time / calibration-time`` (a fixed kernel timed in the same launch, see
+  ``workloads.common.timing``), run vs golden, within a factor ``1 + rtol`` either way.
+
+A plugin adds a check with a class like these and ``registry.add(MyCheck)`` in its
+``runner_register_checks(registry)`` hook; specs then name it in ``compare.metrics.<m>.checks``.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+from runner.hookspecs import hookimpl
+from runner.records import CheckResult
+
+if TYPE_CHECKING:   # numpy and the golden modules load when a check runs, not when plugins load
+    import numpy as np
+
+    from runner.compare.golden.files import GoldenFile, GoldenSeries
+    from runner.compare.golden.rules import Rule
+    from runner.compare.golden.series import Aligned
+
+CALIBRATION_METRIC = "calibration-time"
+
+
+@dataclass(frozen=True, eq=False)
+class MetricJob:
+    """Everything a check may look at for one metric."""
+
+    metric: str
+    golden: GoldenSeries                       # the reference series
+    actual: Mapping[int, float]                # the run's series (step -> value)
+    rule: Rule
+    decimals: int | None = None                # 5 against Megatron's files, None for ours
+    label: str = "golden"
+    reference: GoldenFile | None = None        # the whole golden file (companion metrics)
+    run: Mapping[str, Mapping[int, float]] | None = None   # every metric of the run
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}:{self.metric}"
+
+    @cached_property
+    def aligned(self) -> "Aligned":
+        from runner.compare.golden.series import align
+
+        return align(self.golden, self.actual, self.decimals)
+
+
+class MetricCheck(abc.ABC):
+    id: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: exact checks are skipped when the case allows nondeterminism
+    exact: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def run(self, job: MetricJob) -> CheckResult:
+        """Compare ``job.actual`` with ``job.golden`` under ``job.rule``."""
+
+
+def _np():
+    import numpy
+
+    return numpy
+
+
+def _series():
+    from runner.compare.golden import series
+
+    return series
+
+
+def _per_step(job: MetricJob, check: str, close: "np.ndarray", passed: bool, what: str, suffix: str = "",
+              **extra: Any) -> CheckResult:
+    S = _series()
+    al = job.aligned
+    bad = ~close
+    failed = int(bad.sum())
+    data = {"steps_compared": len(al), "steps_failed": failed, "mismatches": S.mismatches(al, bad), **extra}
+    if passed:
+        return CheckResult(f"{job.name}:{check}", True, data=data)
+    first = S.describe(data["mismatches"][0]) if data["mismatches"] else "no step"
+    detail = f"{job.metric} {what}: {failed}/{len(al)} steps differ{suffix}; first at {first}"
+    return CheckResult(f"{job.name}:{check}", False, detail, data=data)
+
+
+class Deterministic(MetricCheck):
+    id = "deterministic"
+    description = "every step equal (Megatron's files: the run rounded to their 5 decimals)"
+    exact = True
+
+    def run(self, job: MetricJob) -> CheckResult:
+        al = job.aligned
+        close = _series().isclose(al.actual, al.expected, 0.0, 0.0)
+        prec = "" if job.decimals is None else f" (exact at the golden's {job.decimals}-decimal precision)"
+        return _per_step(job, self.id, close, bool(_np().all(close)), "exact", prec)
+
+
+class Bitwise(MetricCheck):
+    id = "bitwise"
+    description = "every step equal at full precision, whatever the golden's precision"
+    exact = True
+
+    def run(self, job: MetricJob) -> CheckResult:
+        al = job.aligned
+        close = _series().isclose(al.raw, al.expected, 0.0, 0.0)
+        return _per_step(job, self.id, close, bool(_np().all(close)), "bitwise")
+
+
+class Approximate(MetricCheck):
+    id = "approximate"
+    description = "numpy.isclose per step (relative to the golden); mean(close) >= 1 - k/N"
+
+    def run(self, job: MetricJob) -> CheckResult:
+        al, r = job.aligned, job.rule
+        close = _series().isclose(al.actual, al.expected, r.rtol, r.atol)
+        n = len(al)
+        allowed = _series().allowed_failures(n) if n > 1 else 0
+        return _per_step(job, self.id, close, _series().approximate_passes(close), f"approximate (rtol {r.rtol:g})",
+                         f", at most {allowed} allowed", allowed=allowed)
+
+
+class Close(MetricCheck):
+    id = "close"
+    description = "numpy.isclose on every step, no failing step allowed"
+
+    def run(self, job: MetricJob) -> CheckResult:
+        al, r = job.aligned, job.rule
+        close = _series().isclose(al.actual, al.expected, r.rtol, r.atol)
+        return _per_step(job, self.id, close, bool(_np().all(close)), f"close (rtol {r.rtol:g}, atol {r.atol:g})")
+
+
+def timing_window(golden: "GoldenSeries", rule: "Rule") -> tuple[list[int], str]:
+    """Megatron's iteration-time steps: (steps, how chosen); no steps -> the reason."""
+    np = _np()
+    finite = np.sort(golden.steps[np.isfinite(golden.values)])
+    if not len(finite):
+        return [], "the golden has no finite values"
+    if rule.window is not None:
+        lo, hi = rule.window
+        chosen = finite[(finite >= lo) & (finite <= hi)].tolist()
+        return chosen, (f"steps {lo}-{hi}" if chosen else f"the golden has no finite steps in window {lo}-{hi}")
+    lo, hi = (5, 20) if finite[-1] <= 25 else (30, 45)
+    chosen = finite[(finite >= lo) & (finite <= hi)].tolist()
+    if chosen:
+        return chosen, f"steps {lo}-{hi}"
+    chosen = finite[finite >= lo][:4].tolist()
+    if chosen:
+        return chosen, f"steps {chosen[0]}-{chosen[-1]} (first finite steps from {lo}: window {lo}-{hi} is empty)"
+    return [], f"the golden has no finite values at or after step {lo}"
+
+
+def _window_values(al: "Aligned", steps: list[int]) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
+    """expected, actual and missing at the window's steps."""
+    np = _np()
+    mask = np.isin(al.steps, np.asarray(steps, dtype=np.int64))
+    return al.expected[mask], al.actual[mask], al.missing[mask]
+
+
+def _median(values: Sequence[float]) -> float:
+    np = _np()
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def _values_at(source: Any, steps: list[int]) -> "np.ndarray":
+    """A series' values at ``steps`` (missing -> +inf)."""
+    from runner.compare.golden.files import GoldenSeries
+
+    np = _np()
+    at = GoldenSeries(0, 0, 1, np.asarray(steps, dtype=np.int64), np.zeros(len(steps)))
+    return _series().align(at, source, None).raw
+
+
+class Median(MetricCheck):
+    id = "median"
+    description = "median over Megatron's steady window (5-20 / 30-45, first-4-finite fallback), isclose"
+
+    def run(self, job: MetricJob) -> CheckResult:
+        r = job.rule
+        steps, how = timing_window(job.golden, r)
+        if not steps:
+            return CheckResult(f"{job.name}:{self.id}", False, f"{job.metric} median: {how} (nothing to compare)")
+        exp_v, act_v, miss = _window_values(job.aligned, steps)
+        exp, act = _median(exp_v), _median(act_v)
+        np = _np()
+        passed = bool(_series().isclose(np.array([act]), np.array([exp]), r.rtol, r.atol)[0])
+        missing = job.aligned.steps[np.isin(job.aligned.steps, steps) & job.aligned.missing].tolist()
+        data = {"expected_median": _j(exp), "actual_median": _j(act), "window": [steps[0], steps[-1]],
+                "steps": steps, "missing_steps": missing}
+        detail = "" if passed else (f"{job.metric} median over {how}: expected {exp:.6g}, got {act:.6g} "
+                                    f"(rtol {r.rtol:g})" + (f"; {len(missing)} step(s) missing from the run"
+                                                            if missing else ""))
+        return CheckResult(f"{job.name}:{self.id}", passed, detail, data=data)
+
+
+def _j(v: float) -> Any:
+    return v if math.isfinite(v) else str(v)
+
+
+class Timing(MetricCheck):
+    id = "timing"
+    description = ("median of iteration-time / calibration-time over the steady window, run vs golden, "
+                   "within a factor 1 + rtol either way (falls back to median without calibration)")
+
+    def run(self, job: MetricJob) -> CheckResult:
+        r = job.rule
+        gcal = job.reference.metrics.get(CALIBRATION_METRIC) if job.reference is not None else None
+        acal = (job.run or {}).get(CALIBRATION_METRIC)
+        if gcal is None or acal is None:
+            res = Median().run(job)
+            note = "no calibration-time recorded: raw median compared"
+            return CheckResult(f"{job.name}:{self.id}", res.passed, f"{res.detail} ({note})" if res.detail else "",
+                               data={**res.data, "note": note})
+        steps, how = timing_window(job.golden, r)
+        if not steps:
+            return CheckResult(f"{job.name}:{self.id}", False, f"{job.metric} timing: {how} (nothing to compare)")
+        np = _np()
+        g_it, g_cal = _values_at(job.golden, steps), _values_at(gcal, steps)
+        a_it, a_cal = _values_at(job.actual, steps), _values_at(acal, steps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            exp = _median(g_it / g_cal)
+            act = _median(np.where(np.isfinite(a_it) & np.isfinite(a_cal), a_it / a_cal, math.inf))
+        ratio = act / exp if exp > 0 else math.inf
+        bound = 1.0 + r.rtol
+        passed = bool(1.0 / bound <= ratio <= bound)
+        raw_exp, raw_act = _median(g_it), _median(a_it)
+        data = {"normalized_expected": _j(exp), "normalized_actual": _j(act), "ratio": _j(ratio),
+                "bound": bound, "window": [steps[0], steps[-1]],
+                "raw_expected_median_s": _j(raw_exp), "raw_actual_median_s": _j(raw_act)}
+        detail = "" if passed else (
+            f"{job.metric} timing over {how}: {ratio:.3g}x the golden's calibrated time (allowed "
+            f"{1 / bound:.3g}x-{bound:.3g}x; iteration/calibration median {act:.4g} vs {exp:.4g}; "
+            f"raw median {raw_act:.4g}s vs {raw_exp:.4g}s)")
+        return CheckResult(f"{job.name}:{self.id}", passed, detail, data=data)
+
+
+BUILTIN_CHECKS: tuple[type[MetricCheck], ...] = (Deterministic, Approximate, Median, Bitwise, Close, Timing)
+
+
+@hookimpl
+def runner_register_checks(registry: Any) -> None:
+    for cls in BUILTIN_CHECKS:
+        registry.add(cls)
