@@ -1,4 +1,4 @@
-"""Command line: ``runner run|list|validate|show|plugins|golden``.
+"""Command line: ``runner run|list|validate|show|plugins|golden|schema|history``.
 
 Exit codes (pytest's): 0 all passed, 1 some failed, 2 interrupted, 3 internal error,
 4 usage error, 5 nothing collected. A UsageError anywhere becomes one line on stderr and
@@ -36,7 +36,9 @@ def _common(p: argparse.ArgumentParser, *, paths: bool = True) -> None:
                    help="load a plugin module; -p no:NAME blocks one")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: "object | None" = None) -> argparse.ArgumentParser:
+    """The parser; with a loaded PluginManager, reporters' and plugins' options are added to
+    ``run`` and ``golden update`` (``runner_addoption``)."""
     parser = _Parser(prog="runner", description="Declarative YAML test specs for distributed training.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run cases and print the verdict table")
     _common(run)
     _run_options(run)
+    _plugin_options(run, plugins)
 
     lst = sub.add_parser("list", help="list the collected cases")
     _common(lst)
@@ -70,7 +73,48 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(upd, golden=True)
     upd.add_argument("--only-failing", action="store_true",
                      help="rewrite only goldens whose check failed (or that are missing)")
+    _plugin_options(upd, plugins)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of spec files (suite + every kind's args)")
+    _common(sch, paths=False)
+    sch.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead of stdout")
+
+    hist = sub.add_parser("history", help="a case's recent verdicts and metric drift (from the local history)")
+    hist.add_argument("case", metavar="CASE", help="a case id (file::name), a case name, or the end of one")
+    hist.add_argument("--limit", "-n", type=int, default=20, help="how many runs (default: 20)")
+    hist.add_argument("--store", metavar="FILE", help="the history file (default: .runner/history.sqlite)")
+    _common(hist, paths=False)
     return parser
+
+
+def _plugin_options(p: argparse.ArgumentParser, plugins: "object | None") -> None:
+    if plugins is None:
+        return
+    for reg in plugins.reporters.items():  # type: ignore[attr-defined]
+        try:
+            reg.cls.add_options(p)
+        except argparse.ArgumentError as exc:
+            raise UsageError(f"reporter '{reg.id}' (plugin '{reg.plugin}'): {exc}") from None
+    try:
+        plugins.hook.runner_addoption(parser=p)  # type: ignore[attr-defined]
+    except argparse.ArgumentError as exc:
+        raise UsageError(f"a plugin's runner_addoption: {exc}") from None
+
+
+def preparse_plugins(argv: Sequence[str]) -> list[str]:
+    """The ``-p NAME`` / ``-pNAME`` values of a command line, read before it is parsed."""
+    out: list[str] = []
+    it = iter(argv)
+    for tok in it:
+        if tok == "--":
+            break
+        if tok == "-p":
+            value = next(it, None)
+            if value is not None:
+                out.append(value)
+        elif tok.startswith("-p") and not tok.startswith("--") and len(tok) > 2:
+            out.append(tok[2:].lstrip("="))
+    return out
 
 
 def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
@@ -81,8 +125,6 @@ def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
     p.add_argument("--results-dir", help="results root (default: runner-results/run-<time>)")
     p.add_argument("--golden-dir", help="golden root (default: golden/)")
     p.add_argument("--environment", default=None, help="Megatron environment in golden file names (default: dev)")
-    p.add_argument("--json", dest="json_path", metavar="FILE", help="write a JSON report")
-    p.add_argument("--junit-xml", dest="junit_path", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing case")
     p.add_argument("-v", "--verbose", action="count", default=0)
     if not golden:
@@ -90,14 +132,21 @@ def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _load(ns: argparse.Namespace):
+def load_plugins(cli_plugins: Sequence[str]):
     from runner.config import load_config
     from runner.plugins import PluginManager
 
     config = load_config()
     plugins = PluginManager()
-    plugins.load(list(config.get("plugins", []) or []) + list(ns.plugins))
+    plugins.load(list(config.get("plugins", []) or []) + list(cli_plugins))
     return config, plugins
+
+
+def _load(ns: argparse.Namespace):
+    loaded = getattr(ns, "_loaded", None)
+    if loaded is None:
+        loaded = ns._loaded = load_plugins(ns.plugins)
+    return loaded
 
 
 def _options(ns: argparse.Namespace, config) -> "object":
@@ -128,6 +177,7 @@ def _options(ns: argparse.Namespace, config) -> "object":
         exitfirst=getattr(ns, "exitfirst", False), golden_dir=getattr(ns, "golden_dir", None),
         environment=getattr(ns, "environment", None) or config.get("environment", "dev"),
         plugins=list(ns.plugins), verbose=getattr(ns, "verbose", 0),
+        extra={k: v for k, v in vars(ns).items() if not k.startswith("_")},
     )
 
 
@@ -205,6 +255,7 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     print()
     rows = [[r.id, "backend", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.backends.items()]
     rows += [[r.id, "case kind", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.kinds.items()]
+    rows += [[r.id, "reporter", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.reporters.items()]
     print(tabulate(rows, headers=["id", "type", "plugin", "from", "description"]))
     for r in plugins.backends.items():
         opts = getattr(r.cls, "options", {}) or {}
@@ -218,14 +269,14 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
 
 def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     from runner.records import Verdict
-    from runner.report.terminal import TerminalReporter
+    from runner.report.base import ReporterSet, SessionSummary
     from runner.run.scheduler import Scheduler
 
     session = _session(ns)
     if golden_update:
         session.options.allow_missing_golden = True
     cases = session.collect()
-    reporter = TerminalReporter(verbose=session.options.verbose)
+    reporter = ReporterSet.from_registry(session.plugins.reporters, ns, session)
     if not cases:
         reporter.line("no cases collected")
         return EXIT_NO_TESTS
@@ -242,18 +293,20 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
         return EXIT_OK
     backend.check()
     session.ensure_results_root()
+    reporter.session_start(session, cases)
     reporter.line(f"runner: {len(cases)} case{'s' if len(cases) != 1 else ''} on backend '{backend.id}', "
                   f"platform {session.platform}, results in {session.results_root}")
     started = time.monotonic()
     scheduler = Scheduler(session, backend, jobs=session.options.jobs, exitfirst=session.options.exitfirst,
                           on_result=reporter.case_result, on_progress=reporter.progress)
     try:
-        results = scheduler.run(cases)
+        results = reporter.annotated(scheduler.run(cases))
+    except BaseException:
+        reporter.close()
+        raise
     finally:
         backend.close()
     elapsed = time.monotonic() - started
-    reporter.table(results)
-    reporter.summary(results, elapsed)
     rewritten: set[str] = set()
     if golden_update and not scheduler.interrupted:
         from runner.compare.golden_update import update_goldens
@@ -262,16 +315,9 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     # under `golden update`, a case that failed only against the golden it just rewrote is done
     code = exit_code(results, interrupted=scheduler.interrupted,
                      forgiven={r.case.id for r in results if r.case.id in rewritten and r.verdict is Verdict.FAILED})
-    meta = {"platform": session.platform, "backend": backend.id, "results_dir": str(session.results_root),
-            "duration": round(elapsed, 3), "exit_code": code}
-    if session.options.json_path:
-        from runner.report.files import write_json
-
-        write_json(session.options.json_path, results, meta)
-    if session.options.junit_path:
-        from runner.report.files import write_junit
-
-        write_junit(session.options.junit_path, results)
+    summary = SessionSummary(platform=session.platform, backend=backend.id, results_dir=str(session.results_root),
+                             duration=elapsed, exit_code=code, interrupted=scheduler.interrupted)
+    reporter.session_finish(session, results, summary)
     session.plugins.hook.runner_session_finish(session=session, results=results, exit_code=code)
     return code
 
@@ -288,9 +334,13 @@ def exit_code(results: Sequence, *, interrupted: bool = False, forgiven: set[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        # plugins load before the command line is parsed, so their options exist
+        loaded = load_plugins(preparse_plugins(args))
+        parser = build_parser(loaded[1])
+        ns = parser.parse_args(args)
+        ns._loaded = loaded
         if ns.version:
             from importlib.metadata import PackageNotFoundError, version
 
@@ -312,6 +362,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_show(ns)
         if ns.command == "plugins":
             return cmd_plugins(ns)
+        if ns.command == "schema":
+            from runner.spec.editor_schema import cmd_schema
+
+            return cmd_schema(ns, _load(ns)[1])
+        if ns.command == "history":
+            from runner.history.show import cmd_history
+
+            return cmd_history(ns)
         if ns.command == "golden":
             if ns.golden_command != "update":
                 raise UsageError("runner golden: expected 'update'")

@@ -41,6 +41,8 @@ class Options:
     plugins: list[str] = field(default_factory=list)
     verbose: int = 0
     allow_missing_golden: bool = False
+    #: every parsed command-line option, plugins' own included (option dest -> value)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Session:
