@@ -1,8 +1,8 @@
 """The ``history`` reporter: appends every case's record to the history store, and tells, in a
 failing golden case's detail, whether the case passed before on this platform.
 
-``--history FILE`` picks the store (default ``<project>/.runner/history.sqlite``, or
-``history`` in ``[tool.runner]``); ``--no-history`` records nothing.
+``--history FILE`` picks the store (default ``<project>/.runner/history.sqlite``);
+``--no-history`` records nothing.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 def store_path(session: "Session", explicit: str | None = None) -> Path:
-    path = Path(explicit or session.config.get("history") or DEFAULT_PATH)
+    path = Path(explicit or DEFAULT_PATH)
     return path if path.is_absolute() else session.root / path
 
 

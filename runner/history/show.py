@@ -85,7 +85,7 @@ def cmd_history(ns: argparse.Namespace) -> int:
     from runner.config import load_config
 
     config = load_config()
-    path = Path(ns.store or config.get("history") or DEFAULT_PATH)
+    path = Path(ns.store or DEFAULT_PATH)
     if not path.is_absolute():
         path = config.root / path
     store = HistoryStore(path)
