@@ -112,3 +112,15 @@ def test_no_history_option_and_dry_run_record_nothing(tmp_path: Path) -> None:
     assert HistoryReporter.create(argparse.Namespace(dry_run=True), session) is None
     made = HistoryReporter.create(argparse.Namespace(history_path=str(tmp_path / "x.sqlite")), session)
     assert made is not None and made.store.path == tmp_path / "x.sqlite"
+
+
+def test_an_unwritable_history_warns_and_never_fails_the_run(tmp_path: Path, capsys) -> None:
+    session, case = _session(tmp_path), _case(tmp_path)
+    (tmp_path / "golden.json").write_text(json.dumps(GOLDEN))
+    broken = tmp_path / "not-a-db.sqlite"
+    broken.write_text("this is not an SQLite file" * 100)
+    rep = _reporter(session, broken, 100.0)
+    note = rep.annotate(_result(case, Verdict.FAILED)).detail
+    assert "[history: history unavailable:" in note
+    rep.session_finish(session, [_result(case, Verdict.PASSED)], SessionSummary("cpu", "local", "/r", 1.0, 0))
+    assert "warning: the run was not recorded in the history" in capsys.readouterr().err

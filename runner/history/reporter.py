@@ -7,6 +7,8 @@ failing golden case's detail, whether the case passed before on this platform.
 from __future__ import annotations
 
 import argparse
+import sqlite3
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -74,7 +76,10 @@ class HistoryReporter(Reporter):
             return result
         if not any(c.name.startswith("golden") and not c.passed for c in result.checks):
             return result
-        note = self.verdict_note(result)
+        try:
+            note = self.verdict_note(result)
+        except (sqlite3.Error, OSError) as exc:
+            note = f"history unavailable: {exc}"
         return replace(result, detail=f"{result.detail} [history: {note}]",
                        info={**dict(result.info), "history": note})
 
@@ -98,7 +103,10 @@ class HistoryReporter(Reporter):
                 "the golden may be stale or recorded elsewhere")
 
     def session_finish(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
-        self.store.append([self.record(r, summary) for r in results])
+        try:
+            self.store.append([self.record(r, summary) for r in results])
+        except (sqlite3.Error, OSError) as exc:  # the history never fails a run
+            print(f"warning: the run was not recorded in the history {self.store.path}: {exc}", file=sys.stderr)
 
     def record(self, result: CaseResult, summary: SessionSummary) -> RunRecord:
         from runner.results import ResultsDir

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import re
 from typing import Any
 
 from runner.report.html.collect import Heatmap, MetricView
@@ -34,7 +35,8 @@ def _svg(fig: Any) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text[text.index("<svg"):], flags=re.S)
+    return text
 
 
 def metric_svg(view: MetricView) -> str:
@@ -44,8 +46,6 @@ def metric_svg(view: MetricView) -> str:
     fig, axes = plt.subplots(2 if has_rel else 1, 1, figsize=(6.4, 4.2 if has_rel else 2.8), sharex=True,
                              squeeze=False, gridspec_kw={"height_ratios": [3, 1.4] if has_rel else [1]})
     ax = axes[0][0]
-    if view.golden is not None:
-        ax.plot(view.golden.steps, view.golden.values, color=GOLDEN, linestyle="--", linewidth=1.2, label="golden")
     if view.actual is not None:
         ax.plot(view.actual.steps, view.actual.values, color=ACTUAL, linewidth=1.6, label=view.actual.label)
         values = dict(zip(view.actual.steps, view.actual.values))
@@ -53,6 +53,9 @@ def metric_svg(view: MetricView) -> str:
         if bad:
             ax.scatter(bad, [values[s] for s in bad], color=FAIL, marker="x", s=36, zorder=5,
                        label=f"failing steps ({len(view.failing_steps)})")
+    if view.golden is not None:  # drawn over the run, dashed: where they agree both stay visible
+        ax.plot(view.golden.steps, view.golden.values, color=GOLDEN, linestyle="--", linewidth=1.2, label="golden",
+                zorder=4)
     for curve in view.later:
         ax.plot(curve.steps, curve.values, color=LATER, linewidth=1.4, linestyle="-", marker=".", markersize=3,
                 label=f"{curve.label} (resumed)" if view.resume_step is not None else curve.label)
