@@ -101,6 +101,14 @@ def _plugin_options(p: argparse.ArgumentParser, plugins: "object | None") -> Non
         raise UsageError(f"a plugin's runner_addoption: {exc}") from None
 
 
+PLUGIN_OPTION_COMMANDS = ("run", "golden")
+
+
+def _takes_plugin_options(argv: Sequence[str]) -> bool:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in PLUGIN_OPTION_COMMANDS
+
+
 def preparse_plugins(argv: Sequence[str]) -> list[str]:
     """The ``-p NAME`` / ``-pNAME`` values of a command line, read before it is parsed."""
     out: list[str] = []
@@ -336,11 +344,13 @@ def exit_code(results: Sequence, *, interrupted: bool = False, forgiven: set[str
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        # plugins load before the command line is parsed, so their options exist
-        loaded = load_plugins(preparse_plugins(args))
-        parser = build_parser(loaded[1])
+        # for the commands that take plugins' options, plugins load before the command line
+        # is parsed, so those options exist; other commands load them when they need them
+        loaded = load_plugins(preparse_plugins(args)) if _takes_plugin_options(args) else None
+        parser = build_parser(loaded[1] if loaded else None)
         ns = parser.parse_args(args)
-        ns._loaded = loaded
+        if loaded:
+            ns._loaded = loaded
         if ns.version:
             from importlib.metadata import PackageNotFoundError, version
 

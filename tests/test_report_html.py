@@ -237,7 +237,9 @@ def test_html_report_renders_in_a_browser(report, tmp_path: Path) -> None:
         a2a = "section[data-case$='a2a_fault']"
         assert browser.js(f"document.querySelectorAll(\"{a2a} table.mismatches tbody tr\").length") > 0
         assert browser.js(f"document.querySelectorAll(\"{a2a} figure.heatmap svg\").length") >= 1
-        assert "boom: the loss is nan" in browser.js("document.querySelector(\"section[data-case$='crash'] pre\").textContent")
+        crash = "section[data-case$='crash']"
+        assert "about to fail: step 3 diverged" in browser.js(f"document.querySelector(\"{crash} pre\").textContent")
+        assert "boom: the loss is nan" in browser.js(f"document.querySelector(\"{crash}\").textContent")
         # filters: by verdict, by kind, by text
         browser.js("var b=document.querySelector('input.verdict-filter[value=FAILED]');b.checked=false;"
                    "b.dispatchEvent(new Event('change'))")

@@ -13,7 +13,8 @@ body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}
 h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.15em;margin:1.2em 0 .3em} h3{font-size:1em;margin:.8em 0 .2em}
 .meta{color:#555;margin-bottom:1em} .filters{margin:.6em 0;display:flex;gap:1em;flex-wrap:wrap;align-items:center}
 table{border-collapse:collapse;margin:.4em 0} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3} td.detail{max-width:60em;font-size:.92em}
+th{background:#f3f3f3} td.detail{min-width:24em;max-width:60em;font-size:.92em}
+#verdicts td:first-child{max-width:34em;overflow-wrap:anywhere} h2{overflow-wrap:anywhere}
 .v{font-weight:600;padding:1px 6px;border-radius:3px;color:#fff}
 .PASSED{background:#2e7d32}.FAILED,.ERROR,.TIMEOUT,.XPASS{background:#c62828}.INFRA{background:#6a1b9a}
 .SKIPPED,.XFAIL,.INTERRUPTED{background:#f9a825;color:#222}
