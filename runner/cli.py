@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from runner.errors import UsageError, did_you_mean
+from runner.plugin_options import add_plugin_options, preparse_plugins, takes_plugin_options
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_TESTS = 0, 1, 2, 3, 4, 5
 
@@ -46,7 +47,7 @@ def build_parser(plugins: "object | None" = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run cases and print the verdict table")
     _common(run)
     _run_options(run)
-    _plugin_options(run, plugins)
+    add_plugin_options(run, plugins)
 
     lst = sub.add_parser("list", help="list the collected cases")
     _common(lst)
@@ -73,7 +74,7 @@ def build_parser(plugins: "object | None" = None) -> argparse.ArgumentParser:
     _run_options(upd, golden=True)
     upd.add_argument("--only-failing", action="store_true",
                      help="rewrite only goldens whose check failed (or that are missing)")
-    _plugin_options(upd, plugins)
+    add_plugin_options(upd, plugins)
 
     sch = sub.add_parser("schema", help="print the JSON Schema of spec files (suite + every kind's args)")
     _common(sch, paths=False)
@@ -85,44 +86,6 @@ def build_parser(plugins: "object | None" = None) -> argparse.ArgumentParser:
     hist.add_argument("--store", metavar="FILE", help="the history file (default: .runner/history.sqlite)")
     _common(hist, paths=False)
     return parser
-
-
-def _plugin_options(p: argparse.ArgumentParser, plugins: "object | None") -> None:
-    if plugins is None:
-        return
-    for reg in plugins.reporters.items():  # type: ignore[attr-defined]
-        try:
-            reg.cls.add_options(p)
-        except argparse.ArgumentError as exc:
-            raise UsageError(f"reporter '{reg.id}' (plugin '{reg.plugin}'): {exc}") from None
-    try:
-        plugins.hook.runner_addoption(parser=p)  # type: ignore[attr-defined]
-    except argparse.ArgumentError as exc:
-        raise UsageError(f"a plugin's runner_addoption: {exc}") from None
-
-
-PLUGIN_OPTION_COMMANDS = ("run", "golden")
-
-
-def _takes_plugin_options(argv: Sequence[str]) -> bool:
-    command = next((a for a in argv if not a.startswith("-")), None)
-    return command in PLUGIN_OPTION_COMMANDS
-
-
-def preparse_plugins(argv: Sequence[str]) -> list[str]:
-    """The ``-p NAME`` / ``-pNAME`` values of a command line, read before it is parsed."""
-    out: list[str] = []
-    it = iter(argv)
-    for tok in it:
-        if tok == "--":
-            break
-        if tok == "-p":
-            value = next(it, None)
-            if value is not None:
-                out.append(value)
-        elif tok.startswith("-p") and not tok.startswith("--") and len(tok) > 2:
-            out.append(tok[2:].lstrip("="))
-    return out
 
 
 def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
@@ -346,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # for the commands that take plugins' options, plugins load before the command line
         # is parsed, so those options exist; other commands load them when they need them
-        loaded = load_plugins(preparse_plugins(args)) if _takes_plugin_options(args) else None
+        loaded = load_plugins(preparse_plugins(args)) if takes_plugin_options(args) else None
         parser = build_parser(loaded[1] if loaded else None)
         ns = parser.parse_args(args)
         if loaded:

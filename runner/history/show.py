@@ -73,7 +73,7 @@ def render(case_id: str, runs: list[RunRecord], *, max_metrics: int = 3) -> str:
             if a is not None and b is not None:
                 drift.append(f"  {name}: {_fmt(a)} -> {_fmt(b)}{_drift(b, a)}")
     if drift:
-        out += ["", f"metric drift over these runs (last step's value, oldest -> newest):", *drift]
+        out += ["", "metric drift over these runs (last step's value, oldest -> newest):", *drift]
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.verdict] = counts.get(r.verdict, 0) + 1

@@ -38,7 +38,7 @@ class HTMLReporter(Reporter):
         if not path or getattr(ns, "dry_run", False):
             return None
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (only: is it there?)
         except ImportError:
             raise UsageError(f"--html needs matplotlib, which is not installed: {INSTALL_HINT}") from None
         return cls(Path(path))
