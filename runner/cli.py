@@ -1,4 +1,4 @@
-"""Command line: ``runner run|list|validate|show|plugins|golden|compare``.
+"""Command line: ``runner run|list|validate|show|plugins|golden|compare|schema|history``.
 
 Exit codes (pytest's): 0 all passed, 1 some failed, 2 interrupted, 3 internal error,
 4 usage error, 5 nothing collected. A UsageError anywhere becomes one line on stderr and
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from runner.errors import UsageError, did_you_mean
+from runner.plugin_options import add_plugin_options, preparse_plugins, takes_plugin_options
 
 if TYPE_CHECKING:
     from runner.config import ProjectConfig
@@ -40,7 +41,9 @@ def _common(p: argparse.ArgumentParser, *, paths: bool = True) -> None:
                    help="load a plugin module; -p no:NAME blocks one")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: "object | None" = None) -> argparse.ArgumentParser:
+    """The parser; with a loaded PluginManager, reporters' and plugins' options are added to
+    ``run`` and ``golden update`` (``runner_addoption``)."""
     parser = _Parser(prog="runner", description="Declarative YAML test specs for distributed training.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run cases and print the verdict table")
     _common(run)
     _run_options(run)
+    add_plugin_options(run, plugins)
 
     lst = sub.add_parser("list", help="list the collected cases")
     _common(lst)
@@ -83,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Megatron's model_config.yaml: METRICS, nondeterministic ENV_VARS, TEST_TYPE")
     cmp_.add_argument("--json", dest="json_out", metavar="FILE", help="write every check to FILE")
     _common(cmp_, paths=False)
+    add_plugin_options(upd, plugins)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of spec files (suite + every kind's args)")
+    _common(sch, paths=False)
+    sch.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead of stdout")
+
+    hist = sub.add_parser("history", help="a case's recent verdicts and metric drift (from the local history)")
+    hist.add_argument("case", metavar="CASE", help="a case id (file::name), a case name, or the end of one")
+    hist.add_argument("--limit", "-n", type=int, default=20, help="how many runs (default: 20)")
+    hist.add_argument("--store", metavar="FILE", help="the history file (default: .runner/history.sqlite)")
+    _common(hist, paths=False)
     return parser
 
 
@@ -116,8 +131,6 @@ def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
     p.add_argument("--results-dir", help="results root (default: runner-results/run-<time>)")
     p.add_argument("--golden-dir", help="golden root (default: golden/)")
     p.add_argument("--environment", default=None, help="Megatron environment in golden file names (default: dev)")
-    p.add_argument("--json", dest="json_path", metavar="FILE", help="write a JSON report")
-    p.add_argument("--junit-xml", dest="junit_path", metavar="FILE", help="write a JUnit XML report")
     p.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing case")
     p.add_argument("-v", "--verbose", action="count", default=0)
     p.add_argument("--no-reuse", dest="reuse", action="store_false",
@@ -128,14 +141,21 @@ def _run_options(p: argparse.ArgumentParser, *, golden: bool = False) -> None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _load(ns: argparse.Namespace):
+def load_plugins(cli_plugins: Sequence[str]):
     from runner.config import load_config
     from runner.plugins import PluginManager
 
     config = load_config()
     plugins = PluginManager()
-    plugins.load(list(config.get("plugins", []) or []) + list(ns.plugins))
+    plugins.load(list(config.get("plugins", []) or []) + list(cli_plugins))
     return config, plugins
+
+
+def _load(ns: argparse.Namespace):
+    loaded = getattr(ns, "_loaded", None)
+    if loaded is None:
+        loaded = ns._loaded = load_plugins(ns.plugins)
+    return loaded
 
 
 def _options(ns: argparse.Namespace, config: "ProjectConfig") -> "Options":
@@ -167,6 +187,7 @@ def _options(ns: argparse.Namespace, config: "ProjectConfig") -> "Options":
         environment=getattr(ns, "environment", None) or config.get("environment", "dev"),
         plugins=list(ns.plugins), verbose=getattr(ns, "verbose", 0),
         reuse=getattr(ns, "reuse", True),
+        extra={k: v for k, v in vars(ns).items() if not k.startswith("_")},
     )
 
 
@@ -240,6 +261,7 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     print()
     rows = [[r.id, "backend", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.backends.items()]
     rows += [[r.id, "case kind", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.kinds.items()]
+    rows += [[r.id, "reporter", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.reporters.items()]
     print(tabulate(rows, headers=["id", "type", "plugin", "from", "description"]))
     for r in plugins.backends.items():
         opts = getattr(r.cls, "options", {}) or {}
@@ -253,14 +275,14 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
 
 def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     from runner.records import Verdict
-    from runner.report.terminal import TerminalReporter
+    from runner.report.base import ReporterSet, SessionSummary
     from runner.run.scheduler import Scheduler
 
     session = _session(ns)
     if golden_update:
         session.options.allow_missing_golden = True
     cases = session.collect()
-    reporter = TerminalReporter(verbose=session.options.verbose)
+    reporter = ReporterSet.from_registry(session.plugins.reporters, ns, session)
     if not cases:
         reporter.line("no cases collected")
         return EXIT_NO_TESTS
@@ -277,20 +299,25 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
         return EXIT_OK
     backend.check()
     session.ensure_results_root()
+    reporter.session_start(session, cases)
     reporter.line(f"runner: {len(cases)} case{'s' if len(cases) != 1 else ''} on backend '{backend.id}', "
                   f"platform {session.platform}, results in {session.results_root}")
     started = time.monotonic()
     scheduler = Scheduler(session, backend, jobs=session.options.jobs, exitfirst=session.options.exitfirst,
                           on_result=reporter.case_result, on_progress=reporter.progress)
     try:
-        results = scheduler.run(cases)
+        results = reporter.annotated(scheduler.run(cases))
+    except BaseException:
+        reporter.close()
+        raise
     finally:
         backend.close()
         session.release()
     elapsed = time.monotonic() - started
-    reporter.table(results)
-    reporter.summary(results, elapsed)
     if scheduler.internal_error:   # everything was stopped and the table printed; now the bug
+        reporter.session_finish(session, results, SessionSummary(
+            platform=session.platform, backend=backend.id, results_dir=str(session.results_root),
+            duration=elapsed, exit_code=EXIT_INTERNAL, interrupted=scheduler.interrupted))
         print(scheduler.internal_error, file=sys.stderr, end="")
         print("error: internal error (the traceback above is a bug in the runner or a plugin); "
               "every launch was stopped", file=sys.stderr)
@@ -303,16 +330,9 @@ def cmd_run(ns: argparse.Namespace, *, golden_update: bool = False) -> int:
     # under `golden update`, a case that failed only against the golden it just rewrote is done
     code = exit_code(results, interrupted=scheduler.interrupted,
                      forgiven={r.case.id for r in results if r.case.id in rewritten and r.verdict is Verdict.FAILED})
-    meta = {"platform": session.platform, "backend": backend.id, "results_dir": str(session.results_root),
-            "duration": round(elapsed, 3), "exit_code": code}
-    if session.options.json_path:
-        from runner.report.files import write_json
-
-        write_json(session.options.json_path, results, meta)
-    if session.options.junit_path:
-        from runner.report.files import write_junit
-
-        write_junit(session.options.junit_path, results)
+    summary = SessionSummary(platform=session.platform, backend=backend.id, results_dir=str(session.results_root),
+                             duration=elapsed, exit_code=code, interrupted=scheduler.interrupted)
+    reporter.session_finish(session, results, summary)
     session.plugins.hook.runner_session_finish(session=session, results=results, exit_code=code)
     return code
 
@@ -329,9 +349,15 @@ def exit_code(results: Sequence, *, interrupted: bool = False, forgiven: frozens
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        ns = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        # for the commands that take plugins' options, plugins load before the command line
+        # is parsed, so those options exist; other commands load them when they need them
+        loaded = load_plugins(preparse_plugins(args)) if takes_plugin_options(args) else None
+        parser = build_parser(loaded[1] if loaded else None)
+        ns = parser.parse_args(args)
+        if loaded:
+            ns._loaded = loaded
         if ns.version:
             from importlib.metadata import PackageNotFoundError, version
 
@@ -355,6 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plugins(ns)
         if ns.command == "compare":
             return cmd_compare(ns)
+        if ns.command == "schema":
+            from runner.spec.editor_schema import cmd_schema
+
+            return cmd_schema(ns, _load(ns)[1])
+        if ns.command == "history":
+            from runner.history.show import cmd_history
+
+            return cmd_history(ns)
         if ns.command == "golden":
             if ns.golden_command != "update":
                 raise UsageError("runner golden: expected 'update'")

@@ -7,8 +7,8 @@ line; ``-p no:NAME`` blocks a plugin by its entry-point or module name.
 
 Phases::
 
-    configure  runner_addoption, runner_register_backends, runner_register_kinds,
-               runner_register_checks, runner_configure
+    configure  runner_register_backends, runner_register_kinds, runner_register_reporters,
+               runner_register_checks, runner_addoption, runner_configure
     collect    runner_collect_modifycases
     plan       runner_plan_launches (wrapper-friendly)
     run        runner_launch_started, runner_launch_finished, runner_should_retry
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from runner.plan.kind import LaunchPlan
     from runner.records import Case, CaseResult, CheckResult, Launch, LaunchOutcome
-    from runner.plugins import BackendRegistry, CheckRegistry, KindRegistry
+    from runner.plugins import BackendRegistry, CheckRegistry, KindRegistry, ReporterRegistry
     from runner.run.session import Session
 
 PROJECT = "runner"
@@ -60,9 +60,24 @@ def runner_register_checks(registry: "CheckRegistry") -> None:
     The built-ins (``runner.compare.checks``) are registered through this same hook."""
 
 
+@hookspec(historic=True)
+def runner_register_reporters(registry: "ReporterRegistry") -> None:
+    """Register reporter classes (``runner.report.base.Reporter``): ``registry.add(MyReporter)``.
+
+    Each reporter declares its own command-line options (``add_options``) and decides from
+    the parsed options whether it runs (``create``). The terminal, JSON, JUnit XML, HTML and
+    history reporters are registered this way. Same id rules as backends.
+    """
+
+
 @hookspec
 def runner_addoption(parser: "argparse.ArgumentParser") -> None:
-    """Add command-line options to ``runner run`` (called before parsing)."""
+    """Add command-line options to ``runner run`` and ``runner golden update``.
+
+    Plugins are loaded before the command line is parsed (``-p NAME`` is read first), so
+    this is called for every plugin; the parsed values reach plugins as
+    ``session.options.extra`` (a mapping: option dest -> value) in ``runner_configure``.
+    """
 
 
 @hookspec

@@ -84,6 +84,20 @@ class CheckRegistry(_Registry[Any]):
         return {r.id: r.cls for r in self.items()}
 
 
+class ReporterRegistry(_Registry[Any]):
+    what = "reporter"
+
+
+#: reporters that ship with the runner, registered as plugins by module name (so that
+#: ``-p no:html`` or ``-p no:runner.report.html`` blocks one, as for any plugin)
+BUILTIN_REPORTERS = {
+    "terminal": "runner.report.terminal",
+    "files": "runner.report.files",
+    "html": "runner.report.html",
+    "history": "runner.history.reporter",
+}
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -99,6 +113,7 @@ class PluginManager:
         self.backends = BackendRegistry(self)
         self.kinds = KindRegistry(self)
         self.checks = CheckRegistry(self)
+        self.reporters = ReporterRegistry(self)
         self.plugins: list[PluginInfo] = []
         self.current_plugin = "?"
         self.current_origin = "?"
@@ -118,6 +133,9 @@ class PluginManager:
 
         self._register(builtin, "builtin", "builtin")
         self._register(builtin_checks, "checks", "builtin")
+        for name, modname in BUILTIN_REPORTERS.items():
+            if name not in blocked and modname not in blocked:
+                self._register(importlib.import_module(modname), name, "builtin")
         if entry_points:
             for ep in sorted(_entry_points(), key=lambda e: (e.dist.name if e.dist else "", e.name)):
                 if ep.name in blocked or ep.value.split(":")[0] in blocked:
@@ -144,6 +162,7 @@ class PluginManager:
                                                              result_callback=None)
         self.pm.hook.runner_register_kinds.call_historic(kwargs={"registry": self.kinds})
         self.pm.hook.runner_register_checks.call_historic(kwargs={"registry": self.checks})
+        self.pm.hook.runner_register_reporters.call_historic(kwargs={"registry": self.reporters})
 
     def _register(self, obj: Any, name: str, origin: str) -> None:
         if self.pm.is_registered(obj) or self.pm.has_plugin(name):

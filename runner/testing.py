@@ -16,7 +16,7 @@ subprocess there::
         assert result.verdicts == {"hello": "PASSED"}
 
 Registered through the ``pytest11`` entry point, so any project with this package installed
-has the fixture.
+has the fixture — and the spec-file collector of ``runner.pytest_plugin`` (``pytest specs/``).
 """
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+#: spec files as pytest items come with this plugin
+pytest_plugins = ["runner.pytest_plugin"]
 
 
 @dataclass

@@ -138,3 +138,23 @@ def test_public_api_is_declared_and_typed():
         assert getattr(runner, name) is not None, name
     assert runner.Backend is Backend and callable(runner.hookimpl)
     assert (Path(runner.__file__).parent / "py.typed").is_file()
+def test_plugin_package_adds_a_reporter_and_an_option(runner_project, installed_plugin):
+    """The example package adds a reporter (its own --plain-summary) and a plain option
+    (--plain-tag, through runner_addoption) without any edit of runner/: plugins load before
+    the command line is parsed."""
+    runner_project.write("specs/s.yaml", SPEC)
+    runner_project.write("specs/hello.py", HELLO)
+    listed = runner_project.run("plugins", python_path=[str(installed_plugin)])
+    assert "plain-summary" in listed.stdout and "reporter" in listed.stdout, listed
+    out = runner_project.path / "summary.txt"
+    r = runner_project.run("run", "specs", "--plain-summary", str(out), "--plain-tag", "blue",
+                           python_path=[str(installed_plugin)])
+    assert r.exit_code == 0, r
+    assert out.read_text().splitlines() == ["tag=blue cases=1 streamed=1 exit=0", "PASSED specs/s.yaml::hello"]
+    # without the package the options do not exist: a usage error, exit 4
+    bare = runner_project.run("run", "specs", "--plain-summary", str(out))
+    assert bare.exit_code == 4 and "unrecognized arguments: --plain-summary" in bare.stderr, bare
+    # blocked by name, the reporter and its option go away with the plugin
+    blocked = runner_project.run("run", "specs", "--plain-summary", str(out), "-p", "no:plainrun",
+                                 python_path=[str(installed_plugin)])
+    assert blocked.exit_code == 4 and "--plain-summary" in blocked.stderr, blocked

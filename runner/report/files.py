@@ -1,14 +1,20 @@
-"""Machine-readable reports: JSON and JUnit XML."""
+"""Machine-readable reports: JSON (``--json FILE``) and JUnit XML (``--junit-xml FILE``), as reporters."""
 from __future__ import annotations
 
+import argparse
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from runner.errors import UsageError
+from runner.hookspecs import hookimpl
 from runner.records import CaseResult, Verdict
 from runner.results import write_text_atomic
+from runner.report.base import Reporter, SessionSummary
+
+if TYPE_CHECKING:
+    from runner.run.session import Session
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -53,3 +59,49 @@ def write_junit(path: str | Path, results: Sequence[CaseResult], *, suite_name: 
     tree = ET.ElementTree(suite)
     ET.indent(tree)
     _atomic_write(Path(path), ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
+
+
+class JSONReporter(Reporter):
+    id = "json"
+    description = "--json FILE: every case, its launches, checks and info as JSON"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", dest="json_path", metavar="FILE", help="write a JSON report")
+
+    @classmethod
+    def create(cls, ns: argparse.Namespace, session: "Session") -> "JSONReporter | None":
+        path = getattr(ns, "json_path", None)
+        return cls(path) if path else None
+
+    def session_finish(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
+        write_json(self.path, results, summary.to_json())
+
+
+class JUnitReporter(Reporter):
+    id = "junit"
+    description = "--junit-xml FILE: JUnit XML for CI test tabs"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--junit-xml", dest="junit_path", metavar="FILE", help="write a JUnit XML report")
+
+    @classmethod
+    def create(cls, ns: argparse.Namespace, session: "Session") -> "JUnitReporter | None":
+        path = getattr(ns, "junit_path", None)
+        return cls(path) if path else None
+
+    def session_finish(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
+        write_junit(self.path, results)
+
+
+@hookimpl
+def runner_register_reporters(registry: Any) -> None:
+    registry.add(JSONReporter)
+    registry.add(JUnitReporter)

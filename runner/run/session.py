@@ -43,6 +43,8 @@ class Options:
     verbose: int = 0
     allow_missing_golden: bool = False
     reuse: bool = True                 # warm worker pools for poolable kinds (--no-reuse: off)
+    #: every parsed command-line option, plugins' own included (option dest -> value)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Session:

@@ -81,3 +81,56 @@ def runner_register_checks(registry):
     from runner_plainrun.checks import FinalValue
 
     registry.add(FinalValue)
+# -- a third-party reporter with its own option, and a plain plugin option -------------------
+class PlainSummaryReporter:
+    """``--plain-summary FILE``: one line per case, ``<verdict> <case id>``; the first line
+    carries ``--plain-tag`` (a plugin option added through ``runner_addoption``)."""
+
+    id = "plain-summary"
+    description = "--plain-summary FILE: one line per case (a third-party example reporter)"
+
+    def __init__(self, path, tag):
+        self.path, self.tag, self.seen = Path(path), tag, []
+
+    @classmethod
+    def add_options(cls, parser):
+        parser.add_argument("--plain-summary", dest="plain_summary", metavar="FILE")
+
+    @classmethod
+    def create(cls, ns, session):
+        path = getattr(ns, "plain_summary", None)
+        return cls(path, session.options.extra.get("plain_tag")) if path else None
+
+    # the reporter interface, duck-typed: a plugin need not import runner.report.base
+    def session_start(self, session, cases):
+        self.total = len(cases)
+
+    def line(self, text):
+        pass
+
+    def progress(self, done, running, total):
+        pass
+
+    def annotate(self, result):
+        return result
+
+    def case_result(self, result):
+        self.seen.append(result.case.id)
+
+    def session_finish(self, session, results, summary):
+        lines = [f"tag={self.tag} cases={self.total} streamed={len(self.seen)} exit={summary.exit_code}"]
+        lines += [f"{r.verdict.value} {r.case.id}" for r in results]
+        self.path.write_text("\n".join(lines) + "\n")
+
+    def close(self):
+        pass
+
+
+@hookimpl
+def runner_register_reporters(registry):
+    registry.add(PlainSummaryReporter)
+
+
+@hookimpl
+def runner_addoption(parser):
+    parser.add_argument("--plain-tag", dest="plain_tag", default="none", help="a word for the plain summary")
