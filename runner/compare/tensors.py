@@ -27,6 +27,10 @@ class TensorMismatch:
     expected: Any = None
     actual: Any = None
 
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "reason": self.reason, "count": self.count, "numel": self.numel,
+                "max_abs_diff": self.max_abs_diff, "index": list(self.index)}
+
     def describe(self) -> str:
         if self.reason == "values":
             return (f"{self.key}: {self.count}/{self.numel} elements differ, max abs diff "
