@@ -132,19 +132,25 @@ class EquivalenceKind(CaseKind):
 
     def describe(self, case: Case) -> list[str]:
         """The resolved functions, for ``runner show``."""
-        lines = []
-        for role, ref in refs_of(case).items():
-            try:
-                where = locate(ref)
-                at = f"{where.source}:{where.line}" if where.source else "(no Python source)"
-            except RefError as exc:
-                at = f"not found: {exc}"
-            origin = f"module {ref.module}" if ref.module else "loaded from its file"
-            lines.append(f"{role + ':':10} {ref.text}  ->  {ref.function}() at {at} ({origin})")
+        lines = describe_refs(refs_of(case))
         reason = requirement_skip(case)
         if reason:
             lines.append(f"skipped: {reason}")
         return lines
+
+
+def describe_refs(refs: Mapping[str, FunctionRef]) -> list[str]:
+    """One line per function: as written, where it is defined (file:line), how it loads."""
+    lines = []
+    for role, ref in refs.items():
+        try:
+            where = locate(ref)
+            at = f"{where.source}:{where.line}" if where.source else "(no Python source)"
+        except RefError as exc:
+            at = f"not found: {exc}"
+        origin = f"module {ref.module}" if ref.module else "loaded from its file"
+        lines.append(f"{role + ':':10} {ref.text}  ->  {ref.function}() at {at} ({origin})")
+    return lines
 
 
 @hookimpl

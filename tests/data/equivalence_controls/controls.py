@@ -27,12 +27,13 @@ def setup(ctx: Any, params: dict) -> dict:
 def step(ctx: Any, state: dict) -> dict:
     model, opt = state["model"], state["opt"]
     losses = []
-    for _ in range(2):
+    for i in range(2):
+        if i:
+            opt.zero_grad(set_to_none=True)   # the first step accumulates onto what is there
         loss = model(state["x"]).square().mean()
         loss.backward()
         last = grads(state)
         opt.step()
-        opt.zero_grad(set_to_none=True)
         losses.append(loss.detach())
     return {"loss": torch.stack(losses), "grads": last, "out": {"y": model(state["x"]).detach()},
             "trace": ["step0", "step1"]}
