@@ -147,13 +147,13 @@ def _redirect_device(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Ten
     return wrapper
 
 
-def _cuda_type_names(original: Callable[..., Any], caller_module: str) -> Callable[..., Any]:
+def _cuda_type_names(original: Callable[..., Any], callers: frozenset[str]) -> Callable[..., Any]:
     """``Tensor.type()`` answering ``torch.cuda.<T>Tensor`` for CPU tensors, only for calls
-    made from ``caller_module`` (every other caller sees the real type string)."""
+    made from the ``callers`` modules (every other caller sees the real type string)."""
 
     def type_(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
-        if args or kwargs or sys._getframe(1).f_globals.get("__name__") != caller_module:
+        if args or kwargs or sys._getframe(1).f_globals.get("__name__") not in callers:
             return result
         if isinstance(result, str) and result.startswith("torch.") and not result.startswith("torch.cuda."):
             return "torch.cuda." + result[len("torch."):]
@@ -164,6 +164,9 @@ def _cuda_type_names(original: Callable[..., Any], caller_module: str) -> Callab
 
 def _apply(p: _Patcher) -> None:
     import megatron.core.models.common.model_chunk_schedule_plan as chunk_plan
+    import megatron.core.optimizer.clip_grads as clip_grads
+    import megatron.core.optimizer.optimizer as mp_optimizer
+    import megatron.core.utils as core_utils
     import megatron.core.pipeline_parallel.schedules as schedules
     import megatron.core.pipeline_parallel.utils as pp_utils
     import megatron.core.tensor_parallel.random as tp_random
@@ -193,10 +196,17 @@ def _apply(p: _Patcher) -> None:
     # Device lookups.
     p.setattr("utils.py GlobalMemoryBuffer.get_tensor, distributed/*: torch.cuda.current_device",
               cuda, "current_device", lambda: "cpu")
-    p.setattr("pipeline_parallel/schedules.py forward_backward_*: torch.zeros(..., device='cuda')",
-              schedules, "torch", _TorchView({"zeros": _redirect_device(torch.zeros)}))
-    p.setattr("transformer/utils.py get_default_causal_mask: torch.ones(..., device='cuda')",
-              tf_utils, "torch", _TorchView({"ones": _redirect_device(torch.ones)}))
+    # Tensors created with device="cuda" are created on the CPU (per module, only these factories).
+    for where, module, names in (
+        ("pipeline_parallel/schedules.py forward_backward_*: total_num_tokens", schedules, ("zeros",)),
+        ("optimizer/optimizer.py MixedPrecisionOptimizer.__init__: _dummy_overflow_buf", mp_optimizer, ("tensor",)),
+        ("optimizer/clip_grads.py get_grad_norm_fp32, clip_grad_by_total_norm_fp32, count_zeros_fp32",
+         clip_grads, ("zeros", "tensor")),
+        ("utils.py local_multi_tensor_l2_norm", core_utils, ("tensor",)),
+        ("transformer/utils.py get_default_causal_mask", tf_utils, ("ones",)),
+    ):
+        p.setattr(f"{where}: torch.{'/'.join(names)}(..., device='cuda')", module, "torch",
+                  _TorchView({n: _redirect_device(getattr(torch, n)) for n in names}))
     # The model-parallel RNG tracker keeps its states in a stand-in for the CUDA generator.
     gen = torch.Generator().manual_seed(0)
     p.setattr("tensor_parallel/random.py CudaRNGStatesTracker.add: torch.cuda.get_rng_state",
@@ -228,8 +238,10 @@ def _apply(p: _Patcher) -> None:
     p.setattr("pipeline_parallel/utils.py _COMP_STREAM (reset on exit)", pp_utils, "_COMP_STREAM", None)
     p.setattr("pipeline_parallel/utils.py _COMM_STREAM (reset on exit)", pp_utils, "_COMM_STREAM", None)
     # The distributed optimizer accepts parameters only by their CUDA type strings.
-    p.setattr("optimizer/distrib_optimizer.py _build_model_and_main_param_groups: param.type() == 'torch.cuda.*Tensor'",
-              torch.Tensor, "type", _cuda_type_names(torch.Tensor.type, "megatron.core.optimizer.distrib_optimizer"))
+    p.setattr("optimizer/distrib_optimizer.py _build_model_and_main_param_groups, optimizer/clip_grads.py "
+              "clip_grad_by_total_norm_fp32: param.type() == 'torch.cuda.*Tensor'", torch.Tensor, "type",
+              _cuda_type_names(torch.Tensor.type, frozenset({"megatron.core.optimizer.distrib_optimizer",
+                                                             "megatron.core.optimizer.clip_grads"})))
     del chunk_plan
 
 
