@@ -1,0 +1,2 @@
+"""megatron-core's own code under the ``equivalence`` kind (adapters, CPU compatibility layer,
+planted faults). Importing this package does not import megatron-core."""
