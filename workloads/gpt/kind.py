@@ -30,7 +30,7 @@ from runner.hookspecs import hookimpl
 from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
 from runner.records import Case, CheckResult, LaunchOutcome
 from workloads.gpt.config import BUILTIN_DATA, ConfigError, GPTConfig
-from workloads.gpt.faults import FAULTS
+from workloads.gpt.faults import FAULTS, RESUME_FAULTS
 
 ENTRY = "workloads.gpt.worker:run"
 TEST_TYPES = ("regular", "ckpt-resume")
@@ -90,8 +90,9 @@ def _build_schema() -> dict[str, Any]:
                      "description": "'builtin' (seeded synthetic corpus in Megatron's indexed format) or the "
                                     "path prefix of a Megatron indexed dataset (PREFIX.bin / PREFIX.idx)"}
     props["inject_fault"] = {"enum": list(FAULTS),
-                             "description": "FOR THE PROJECT'S OWN TESTS ONLY: plant a checkpoint bug so the "
-                                            "resume check must fail (negative control); see workloads/gpt/faults.py"}
+                             "description": "FOR THE PROJECT'S OWN TESTS ONLY: plant a checkpoint, overlap or "
+                                            "async-save bug so a check must fail (negative control); see "
+                                            "workloads/gpt/faults.py"}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
             "additionalProperties": False, "properties": props}
 
@@ -147,7 +148,7 @@ class GPTKind(CaseKind):
             if not cfg.deterministic_mode:
                 raise CaseError("args.deterministic_mode", "ckpt-resume compares run 1 and run 2 exactly; it "
                                                            "needs deterministic_mode: true")
-        if "inject_fault" in case.args and test_type != "ckpt-resume":
+        if case.args.get("inject_fault") in RESUME_FAULTS and test_type != "ckpt-resume":
             raise CaseError("args.inject_fault", "planted checkpoint faults only make sense with test_type "
                                                  "ckpt-resume")
 
