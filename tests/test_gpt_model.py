@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from workloads.gpt.config import ConfigError, GPTConfig
-from workloads.gpt.faults import FAULTS, Fault
+from workloads.gpt.faults import FAULTS, RESUME_FAULTS, Fault
 from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
 from workloads.gpt.model import build_chunks, build_full_model, lm_loss, virtual_stage_layers
 from workloads.gpt.pipeline import ActivationTracker
@@ -162,7 +162,8 @@ def test_faults_drop_exactly_their_state() -> None:
     assert "optimizer" not in Fault.parse("optimizer_state_not_saved").checkpoint_state(state)
     lr = Fault.parse("lr_scheduler_not_restored")
     assert lr.checkpoint_state(state) == state and not lr.restore_scheduler
-    assert len(FAULTS) == 4
+    assert len(RESUME_FAULTS) == 4 and set(RESUME_FAULTS) < set(FAULTS)
+    assert all(Fault.parse(f).checkpoint_state(state) == state for f in FAULTS if f not in RESUME_FAULTS[:3])
     with pytest.raises(ValueError):
         Fault.parse("bogus")
 

@@ -27,10 +27,19 @@ Why it is built this way (Megatron's ``ParamAndGradBuffer`` + ``DistributedOptim
 
 Overlap never changes the numbers: the same collectives run on the same buffers in the same
 order, only at a different time; ``tests/test_gpt_dist_optimizer.py`` checks that bitwise.
+
+Strict param gather (a debug mode, on by default without CUDA): on gloo an asynchronous
+all-gather has usually finished by the time anybody looks, so a forward that forgets to wait
+for its bucket reads the right values by luck and the bug stays invisible. In strict mode the
+gather lands in a scratch buffer and is copied into the param buffer only when it is waited
+for, so a missed wait reads the previous step's parameters every time (and the run's loss
+curve leaves the golden). The numbers of a correct run are unchanged (the same values are
+copied). ``RUNNER_STRICT_PARAM_GATHER=0|1`` overrides the default.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,6 +48,18 @@ import torch.distributed as dist
 from torch import nn
 
 ProcessGroup = Any  # torch.distributed.ProcessGroup (kept loose for older torch stubs)
+
+#: environment switch of the strict param-gather debug mode (see the module docstring)
+STRICT_GATHER_ENV = "RUNNER_STRICT_PARAM_GATHER"
+
+
+def strict_gather_default() -> bool:
+    """Strict param gather unless ``RUNNER_STRICT_PARAM_GATHER`` says otherwise: on without
+    CUDA (where a missed wait is otherwise invisible), off on GPUs."""
+    value = os.environ.get(STRICT_GATHER_ENV)
+    if value is not None:
+        return value.strip().lower() not in ("", "0", "false", "no", "off")
+    return not torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,8 @@ class OptimizerConfig:
     overlap_param_gather: bool = False
     bucket_size: int = 40000
     use_distributed_optimizer: bool = True
+    #: debug mode: gathers land in a scratch buffer, copied in on wait (None: ``strict_gather_default()``)
+    strict_param_gather: bool | None = None
 
     def __post_init__(self) -> None:
         if self.bucket_size < 1:
@@ -94,6 +117,9 @@ def _group_rank(group: ProcessGroup | None) -> int:
 class _Bucket:
     """One contiguous slice of params: fp32 grad buffer, model-dtype param buffer, the local
     shard's fp32 main params and Adam moments, and its in-flight collectives."""
+
+    #: debug-only buffers the CPU memory metrics leave out (a real run does not hold them)
+    untracked_attributes = ("gather_scratch",)
 
     def __init__(
         self,
@@ -155,6 +181,8 @@ class _Bucket:
         self.grad_work: Any = None
         self.gather_work: Any = None
         self.gather_input: torch.Tensor | None = None
+        #: strict param gather: where the all-gather lands until it is waited for
+        self.gather_scratch: torch.Tensor | None = None
 
 
 class DistributedOptimizer:
@@ -193,6 +221,8 @@ class DistributedOptimizer:
         self.mp_size = _group_size(mp_group)
         self.pp_rank = _group_rank(mp_group) if pp_rank is None else pp_rank
         self.distributed = config.use_distributed_optimizer
+        self.strict_param_gather = (strict_gather_default() if config.strict_param_gather is None
+                                    else bool(config.strict_param_gather))
         self.step_count = 0
         #: optional event log (set to a list to record ("grad", name) / ("launch", bucket) /
         #: ("gather_wait", bucket) in the order they happen; used by tests and benchmarks)
@@ -243,6 +273,7 @@ class DistributedOptimizer:
         self._last_microbatch = [False] * len(self.model_chunks)
         self._grads_synced = False
         self._hooks: list[Any] = []
+        self._gather_wait_hooks: list[Any] = []
         for b in self.buckets:
             for p in b.params:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._make_grad_hook(p, b)))
@@ -251,7 +282,9 @@ class DistributedOptimizer:
                 for module in chunk.modules():
                     owned = {self._where[id(p)].index for p in module.parameters(recurse=False) if id(p) in self._where}
                     if owned:
-                        self._hooks.append(module.register_forward_pre_hook(self._make_gather_wait_hook(sorted(owned))))
+                        self._gather_wait_hooks.append(
+                            module.register_forward_pre_hook(self._make_gather_wait_hook(sorted(owned))))
+            self._hooks.extend(self._gather_wait_hooks)
 
     # ------------------------------------------------------------------ construction helpers
     def _add_bucket(self, chunk: int, params: list[nn.Parameter], *, shared: bool, count_in_norm: bool) -> None:
@@ -411,8 +444,13 @@ class DistributedOptimizer:
             # main_param itself is not written again before this gather is waited for
             # (step() and load_sharded_state_dict() call finish_param_sync() first)
             b.gather_input = b.main_param.to(b.param_buffer.dtype)
+            target = b.param_buffer
+            if self.strict_param_gather:
+                if b.gather_scratch is None:
+                    b.gather_scratch = torch.empty_like(b.param_buffer)
+                target = b.gather_scratch
             b.gather_work = dist.all_gather_into_tensor(
-                b.param_buffer, b.gather_input, group=self.dp_group, async_op=True
+                target, b.gather_input, group=self.dp_group, async_op=True
             )
             if not async_op:
                 self._wait_gather(b)
@@ -422,6 +460,8 @@ class DistributedOptimizer:
             if self.trace is not None:
                 self.trace.append(("gather_wait", b.index))
             b.gather_work.wait()
+            if self.strict_param_gather and b.gather_scratch is not None:
+                b.param_buffer.copy_(b.gather_scratch)   # the only way gathered values reach the params
             b.gather_work = None
             b.gather_input = None
 
@@ -472,6 +512,17 @@ class DistributedOptimizer:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        self._gather_wait_hooks.clear()
+
+    def drop_gather_wait_hooks(self) -> int:
+        """Detach the forward pre-hooks that wait for a bucket's param all-gather (the planted
+        fault ``skip_param_gather_wait``); returns how many were removed."""
+        for h in self._gather_wait_hooks:
+            h.remove()
+            self._hooks.remove(h)
+        n = len(self._gather_wait_hooks)
+        self._gather_wait_hooks.clear()
+        return n
 
 
 class _DoneWork:

@@ -16,16 +16,37 @@ tests/test_gpt_kind.py check exactly that. Not for production specs: the default
 - ``slow_step_2x`` (any test type): every transformer layer runs its forward and backward twice
   (the second result times zero), so the step does about twice the compute with unchanged
   numerics: the negative control of the load-proof ``timing`` check.
+
+Faults of the overlap and async-save machinery (negative controls of the debug modes):
+
+- ``skip_param_gather_wait``: the forward pre-hooks that wait for a bucket's param all-gather
+  are removed, so (with ``overlap_param_gather``) a forward may read parameters before the
+  gather has landed; under the strict param gather of ``dist_optimizer`` it reads the previous
+  step's values every time;
+- ``crash_during_async_save``: every rank dies (exit code 43) right after the second async
+  save has started and before it is finalised; the latest-iteration marker must still name
+  the previous checkpoint, and a run that loads from it must continue exactly;
+- ``early_marker_crash_during_async_save``: the same crash, but rank 0 first moves the marker
+  to the save still in flight (the bug the marker protocol exists to prevent), so loading from
+  the marker must fail.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-FAULTS = ("rng_not_saved", "data_position_not_saved", "optimizer_state_not_saved", "lr_scheduler_not_restored",
-          "slow_step_2x")
+#: faults of what a checkpoint carries: they only show in a ckpt-resume test
+RESUME_FAULTS = ("rng_not_saved", "data_position_not_saved", "optimizer_state_not_saved", "lr_scheduler_not_restored")
 #: faults that are not about checkpoints (any test type)
-STEP_FAULTS = ("slow_step_2x",)
+STEP_FAULTS = ("slow_step_2x", "skip_param_gather_wait", "crash_during_async_save",
+               "early_marker_crash_during_async_save")
+FAULTS = RESUME_FAULTS + STEP_FAULTS
+
+#: exit code of the ranks killed by the async-save crash faults
+CRASH_EXIT_CODE = 43
+#: the save (counted from 1 within a launch) during which the crash faults strike
+CRASH_AT_SAVE = 2
 
 #: the checkpoint top-level key each "not saved" fault drops ("rng" matches the per-rank keys)
 _DROPPED_KEY = {
@@ -61,3 +82,24 @@ class Fault:
     @property
     def restore_scheduler(self) -> bool:
         return self.name != "lr_scheduler_not_restored"
+
+    def apply_to_optimizer(self, optimizer: Any) -> None:
+        """Plant the optimizer fault, if any, into a freshly built ``DistributedOptimizer``."""
+        if self.name == "skip_param_gather_wait":
+            optimizer.drop_gather_wait_hooks()
+
+    def after_save_started(self, request: Any, save_number: int, rank: int) -> None:
+        """Called once a save has been started (``request``: the checkpoint module's
+        SaveRequest; ``save_number`` counts this launch's saves from 1). The crash faults end
+        the process here, before an async save is finalised."""
+        if self.name not in ("crash_during_async_save", "early_marker_crash_during_async_save"):
+            return
+        if save_number != CRASH_AT_SAVE or request.done:
+            return
+        if self.name == "early_marker_crash_during_async_save" and rank == 0:
+            from workloads.gpt.checkpoint import set_latest_iteration
+
+            set_latest_iteration(request.ckpt_dir, request.iteration)
+        print(f"planted fault {self.name}: rank {rank} exits during the async save of iteration "
+              f"{request.iteration}", flush=True)
+        os._exit(CRASH_EXIT_CODE)

@@ -91,8 +91,9 @@ def _build_schema() -> dict[str, Any]:
                      "description": "'builtin' (seeded synthetic corpus in Megatron's indexed format) or the "
                                     "path prefix of a Megatron indexed dataset (PREFIX.bin / PREFIX.idx)"}
     props["inject_fault"] = {"enum": list(FAULTS),
-                             "description": "FOR THE PROJECT'S OWN TESTS ONLY: plant a checkpoint bug so the "
-                                            "resume check must fail (negative control); see workloads/gpt/faults.py"}
+                             "description": "FOR THE PROJECT'S OWN TESTS ONLY: plant a checkpoint, overlap or "
+                                            "async-save bug so a check must fail (negative control); see "
+                                            "workloads/gpt/faults.py"}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
             "additionalProperties": False, "properties": props}
 

@@ -134,8 +134,10 @@ def tensor_storage_bytes(*roots: Any, max_depth: int = 6) -> int:
             for v in obj:
                 visit(v, depth + 1)
         elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("workloads."):
-            for v in vars(obj).values():
-                visit(v, depth + 1)
+            untracked = getattr(type(obj), "untracked_attributes", ())
+            for k, v in vars(obj).items():
+                if k not in untracked:
+                    visit(v, depth + 1)
 
     for r in roots:
         visit(r, 0)
@@ -208,6 +210,7 @@ class Trainer:
             ocfg_kwargs["bucket_size"] = cfg.ddp_bucket_size
         self.optimizer = DistributedOptimizer(self.chunks, OptimizerConfig(**ocfg_kwargs), dp_group=g.dp_group,
                                               mp_group=g.pp_group, shared_embedding=shared)
+        opts.fault.apply_to_optimizer(self.optimizer)
         self.scheduler = OptimizerParamScheduler(ScheduleParams.from_config(cfg))
 
         # data: every rank reads (first stage needs tokens, last stage labels; all keep the position)
@@ -278,6 +281,7 @@ class Trainer:
                                             async_save=self.cfg.async_save, layout=self.layout_record())
         self.timings.setdefault("checkpoint_save_blocking_s", []).append(time.perf_counter() - t0)
         self.saved.append(self.iteration)
+        self.opts.fault.after_save_started(self.pending_save, len(self.saved), self.g.world_rank)
 
     def load(self) -> None:
         from workloads.gpt.checkpoint import load_checkpoint, set_rng_state
