@@ -77,6 +77,14 @@ class KindRegistry(_Registry[Any]):
     what = "case kind"
 
 
+class SourceRegistry(_Registry[Any]):
+    what = "case source"
+
+
+class LayoutRegistry(_Registry[Any]):
+    what = "checkpoint layout"
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -91,6 +99,8 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.backends = BackendRegistry(self)
         self.kinds = KindRegistry(self)
+        self.sources = SourceRegistry(self)
+        self.layouts = LayoutRegistry(self)
         self.plugins: list[PluginInfo] = []
         self.current_plugin = "?"
         self.current_origin = "?"
@@ -132,6 +142,8 @@ class PluginManager:
         self.pm.hook.runner_register_backends.call_historic(kwargs={"registry": self.backends},
                                                              result_callback=None)
         self.pm.hook.runner_register_kinds.call_historic(kwargs={"registry": self.kinds})
+        self.pm.hook.runner_register_sources.call_historic(kwargs={"registry": self.sources})
+        self.pm.hook.runner_register_layouts.call_historic(kwargs={"registry": self.layouts})
 
     def _register(self, obj: Any, name: str, origin: str) -> None:
         if self.pm.is_registered(obj) or self.pm.has_plugin(name):

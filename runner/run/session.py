@@ -18,6 +18,7 @@ from runner.config import ProjectConfig
 from runner.errors import UsageError
 from runner.plan.kind import CompareContext
 from runner.records import Case, Launch
+from runner.resume.plan import bind_layouts
 from runner.plugins import PluginManager
 from runner.spec.keywords import compile_keyword
 from runner.spec.loader import SpecLoader
@@ -124,6 +125,7 @@ class Session:
         plans = self.plugins.hook.runner_plan_launches(case=case)
         if plans is None:
             plans = self.plugins.kind(case.kind).plan(case)
+        plans = bind_layouts(plans, self.plugins.layouts)
         out = []
         for p in plans:
             env = {"RUNNER_CASE_ID": case.id, "RUNNER_LAUNCH": p.name}
