@@ -34,6 +34,11 @@ def _common(p: argparse.ArgumentParser, *, paths: bool = True) -> None:
         p.add_argument("--platform", help="force the platform (cpu, dgx_h100, ...); default: detected")
     p.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                    help="load a plugin module; -p no:NAME blocks one")
+    if paths:
+        p.add_argument("--overlay", metavar="FILE",
+                       help="Megatron cases: a YAML overlay of MODEL_ARGS/ENV_VARS/resources/golden_dir")
+        p.add_argument("--megatron-entry", metavar="ENTRY",
+                       help="Megatron cases: the training entry (builtin, path/to/pretrain_gpt.py, '-m module')")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +133,8 @@ def _options(ns: argparse.Namespace, config) -> "object":
         exitfirst=getattr(ns, "exitfirst", False), golden_dir=getattr(ns, "golden_dir", None),
         environment=getattr(ns, "environment", None) or config.get("environment", "dev"),
         plugins=list(ns.plugins), verbose=getattr(ns, "verbose", 0),
+        source_overrides={"megatron": {k: v for k, v in (("overlay", getattr(ns, "overlay", None)),
+                                                           ("entry", getattr(ns, "megatron_entry", None))) if v}},
     )
 
 
@@ -160,7 +167,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
     for c in cases:
         res = c.resources
         tags = f" [{', '.join(c.tags)}]" if c.tags else ""
-        print(f"{c.id}  ({c.kind}, {res.nodes}x{res.nproc_per_node}){tags}")
+        skip = f"  SKIPPED: {c.skip}" if c.skip and c.kind == "megatron" else ""
+        print(f"{c.id}  ({c.kind}, {res.nodes}x{res.nproc_per_node}){tags}{skip}")
     print(f"\n{len(cases)} case{'s' if len(cases) != 1 else ''} collected (platform: {session.platform})")
     return EXIT_OK if cases else EXIT_NO_TESTS
 
@@ -169,6 +177,9 @@ def cmd_validate(ns: argparse.Namespace) -> int:
     session = _session(ns)
     cases = session.collect()
     session.check_goldens(cases)
+    for c in cases:
+        if "test_type" in c.args:   # Megatron cases: which test each one is
+            print(f"{c.id}  ({c.kind}, TEST_TYPE {c.args['test_type']})" + (f"  SKIPPED: {c.skip}" if c.skip else ""))
     files = sorted({c.spec_file for c in cases})
     print(f"ok: {len(cases)} case{'s' if len(cases) != 1 else ''} in {len(files)} file{'s' if len(files) != 1 else ''} "
           f"(platform: {session.platform})")

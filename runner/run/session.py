@@ -21,7 +21,6 @@ from runner.records import Case, Launch
 from runner.resume.plan import bind_layouts
 from runner.plugins import PluginManager
 from runner.spec.keywords import compile_keyword
-from runner.spec.loader import SpecLoader
 
 
 @dataclass
@@ -42,6 +41,8 @@ class Options:
     plugins: list[str] = field(default_factory=list)
     verbose: int = 0
     allow_missing_golden: bool = False
+    #: per case source, settings from the command line (e.g. megatron: overlay, entry)
+    source_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Session:
@@ -61,13 +62,24 @@ class Session:
 
     # -- collect --------------------------------------------------------------------------------
     def collect(self) -> list[Case]:
-        loader = SpecLoader(self.plugins, self.platform, root=self.root)
-        cases = loader.load_paths(self.options.paths)
+        from runner.sources import SourceContext, collect_cases
+
+        ctx = SourceContext(self.plugins, self.platform, self.root, self.source_settings(),
+                            environment=self.options.environment,
+                            allow_missing_golden=self.options.allow_missing_golden)
+        cases = collect_cases(self.options.paths, ctx)
         if self.options.keyword:
             match = compile_keyword(self.options.keyword)
             cases = [c for c in cases if match(c)]
         self.plugins.hook.runner_collect_modifycases(session=self, cases=cases)
         return cases
+
+    def source_settings(self) -> dict[str, dict[str, Any]]:
+        """``[tool.runner.<source>]`` tables with the command line's overrides on top."""
+        out = {"megatron": dict(self.config.get("megatron", {}) or {})}
+        for source, values in self.options.source_overrides.items():
+            out.setdefault(source, {}).update(values)
+        return out
 
     def check_goldens(self, cases: Sequence[Case]) -> None:
         """Every case of a golden-using kind must have a readable golden with the right range."""

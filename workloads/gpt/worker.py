@@ -46,11 +46,11 @@ def megatron_options(ctx, parsed) -> RunOptions:
     )
 
 
-def run_megatron(ctx) -> None:
-    """The built-in training entry that speaks Megatron's command line (``args["argv"]``)."""
+def run_megatron(ctx, argv: list[str]) -> None:
+    """The built-in training entry that speaks Megatron's command line."""
     from workloads.gpt.megatron_args import parse
 
-    parsed = parse(list(ctx.args["argv"]), unsupported=str(ctx.args.get("unsupported_args", "error")))
+    parsed = parse(list(argv), unsupported=str(ctx.args.get("unsupported_args", "error")))
     if ctx.rank == 0:
         for note in parsed.notes:
             print(f"megatron args: accepted without effect: {note}", flush=True)
