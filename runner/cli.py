@@ -216,6 +216,8 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     print()
     rows = [[r.id, "backend", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.backends.items()]
     rows += [[r.id, "case kind", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.kinds.items()]
+    rows += [[r.id, "case source", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.sources.items()]
+    rows += [[r.id, "ckpt layout", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.layouts.items()]
     print(tabulate(rows, headers=["id", "type", "plugin", "from", "description"]))
     for r in plugins.backends.items():
         opts = getattr(r.cls, "options", {}) or {}

@@ -2,6 +2,7 @@
 the shared folder beside the repository), and the built-in workload's Megatron command line."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,9 +15,11 @@ from workloads.gpt.megatron_args import (MAPPED, PATHS, WITHOUT_EFFECT, Megatron
 
 ROOT = Path(__file__).resolve().parent.parent
 # Megatron's cases live in the shared folder beside the clone (<repo>/../shared; a git worktree
-# one level deeper: <repo>/../../shared)
-CASES = next((p / "shared" / "megatron" / "test_cases" for p in (ROOT.parent, ROOT.parent.parent)
-              if (p / "shared" / "megatron" / "test_cases").is_dir()), ROOT.parent / "shared" / "megatron" / "test_cases")
+# one level deeper: <repo>/../../shared); RUNNER_SHARED_DIR overrides
+_SHARED = [Path(os.environ["RUNNER_SHARED_DIR"])] if os.environ.get("RUNNER_SHARED_DIR") else \
+    [ROOT.parent / "shared", ROOT.parent.parent / "shared"]
+CASES = next((p / "megatron" / "test_cases" for p in _SHARED if (p / "megatron" / "test_cases").is_dir()),
+             _SHARED[0] / "megatron" / "test_cases")
 GPT = CASES / "gpt"
 OVERLAY = ROOT / "specs" / "megatron" / "cpu-overlay.yaml"
 needs_shared = pytest.mark.skipif(not GPT.is_dir(), reason=f"Megatron's test cases not found at {GPT}")

@@ -9,8 +9,11 @@ def runner_register_sources(registry) -> None:
     from runner.sources.megatron import MegatronSource
     from runner.sources.yaml_source import YamlSource
 
+    from runner.sources.overlay_source import OverlaySource
+
     registry.add(YamlSource)
     registry.add(MegatronSource)
+    registry.add(OverlaySource)
 
 
 @hookimpl

@@ -1,6 +1,7 @@
 """A user-side overlay for Megatron cases (never an edit of Megatron's files).
 
 ```yaml
+overlay: megatron                       # marks the file (spec collection leaves it alone)
 golden_dir: ../../golden/megatron-cpu   # goldens for these cases (relative to this file)
 timeout: 600
 resources: {nproc_per_node: 8}          # default for every case
@@ -12,6 +13,7 @@ cases:                                  # per case (folder name), the same keys
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,8 +35,9 @@ _ENTRY = {
         "timeout": {"type": ["number", "string"]},
     },
 }
-SCHEMA = {"type": "object", "additionalProperties": False,
-          "properties": {**_ENTRY["properties"], "golden_dir": {"type": "string"},
+MARKER = re.compile(r"^overlay:\s*megatron\s*(#.*)?$", re.MULTILINE)
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["overlay"],
+          "properties": {**_ENTRY["properties"], "overlay": {"const": "megatron"}, "golden_dir": {"type": "string"},
                          "cases": {"type": "object", "additionalProperties": _ENTRY}}}
 
 
@@ -75,3 +78,13 @@ def load_overlay(path: str | Path) -> Overlay:
         raise SpecError("empty overlay", file=str(p), line=1, col=1)
     validate(data, SCHEMA, file=str(p), positions=positions, what=" (megatron overlay)")
     return Overlay(p.resolve(), data, positions)
+
+
+def is_overlay(file: Path) -> bool:
+    """Whether a YAML file is an overlay (top-level ``overlay: megatron``), not a spec file."""
+    try:
+        with open(file, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(16384)
+    except OSError:
+        return False
+    return bool(MARKER.search(head))
