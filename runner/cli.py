@@ -178,7 +178,7 @@ def cmd_validate(ns: argparse.Namespace) -> int:
     cases = session.collect()
     session.check_goldens(cases)
     for c in cases:
-        if "test_type" in c.args:   # Megatron cases: which test each one is
+        if c.kind == "megatron":   # Megatron cases: which test each one is
             print(f"{c.id}  ({c.kind}, TEST_TYPE {c.args['test_type']})" + (f"  SKIPPED: {c.skip}" if c.skip else ""))
     files = sorted({c.spec_file for c in cases})
     print(f"ok: {len(cases)} case{'s' if len(cases) != 1 else ''} in {len(files)} file{'s' if len(files) != 1 else ''} "

@@ -86,15 +86,22 @@ def test_errors_in_a_model_config_name_file_line_col_and_key(tmp_path: Path, cap
     case.mkdir(parents=True)
     text = src.read_text().replace("--num-layers: 12", "--num-layers: 7")
     (case / "model_config.yaml").write_text(text)
-    assert main(["validate", str(tmp_path), "--overlay", str(OVERLAY)]) == 0   # overlay: 8 layers
+    # a CPU golden for the case, so it is validated rather than skipped
+    golden = tmp_path / "golden" / "bad_case"
+    golden.mkdir(parents=True)
+    (golden / "golden_values_dev_cpu.json").write_bytes(
+        (ROOT / "golden" / "megatron-cpu" / src.parent.name / "golden_values_dev_cpu.json").read_bytes())
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(OVERLAY.read_text().replace("golden_dir: ../../golden/megatron-cpu", "golden_dir: golden"))
+    assert main(["validate", str(case), "--overlay", str(overlay)]) == 0   # the overlay's 8 layers win
     (case / "model_config.yaml").write_text(text.replace("MODEL_ARGS:\n", "MODEL_ARGS:\n  --num-experts: 8\n"))
-    assert main(["validate", str(tmp_path), "--overlay", str(OVERLAY)]) == 4
+    assert main(["validate", str(case), "--overlay", str(overlay)]) == 4
     err = capsys.readouterr().err.strip()
     line = next(i for i, ln in enumerate((case / "model_config.yaml").read_text().splitlines(), 1) if "--num-experts" in ln)
     assert re.search(rf"model_config.yaml:{line}:\d+: MODEL_ARGS.--num-experts: .*not supported", err), err
     assert len(err.splitlines()) == 1
     (case / "model_config.yaml").write_text(text.replace("MODEL_ARGS:", "MODEL_ARG:"))
-    assert main(["validate", str(tmp_path)]) == 4
+    assert main(["validate", str(case)]) == 4
     assert "MODEL_ARG" in capsys.readouterr().err
 
 

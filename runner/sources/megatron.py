@@ -91,7 +91,7 @@ class MegatronSource(CaseSource):
         env: dict[str, Any] = dict(data.get("ENV_VARS") or {})
         locs = {f"MODEL_ARGS.{k}": positions[("MODEL_ARGS", k)] for k in model_args if ("MODEL_ARGS", k) in positions}
         locs.update({f"ENV_VARS.{k}": positions[("ENV_VARS", k)] for k in env if ("ENV_VARS", k) in positions})
-        for key in ("TEST_TYPE", "METRICS"):
+        for key in ("TEST_TYPE", "METRICS", "MODEL_ARGS", "ENV_VARS"):
             if (key,) in positions:
                 locs[key] = positions[(key,)]
         res_over: dict[str, Any] = {}

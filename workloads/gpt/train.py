@@ -328,36 +328,28 @@ class Trainer:
             "iteration-time": float(maxed[2]),
         }
 
-    def has_checkpoint(self) -> bool:
-        from workloads.gpt.checkpoint import MARKER_FILE
-
-        return self.opts.load_dir is not None and (self.opts.load_dir / MARKER_FILE).is_file()
-
     def open_tensorboard(self) -> Any:
-        """Rank 0's TensorBoard writer: Megatron's --tensorboard-dir when given (the caller reads
-        the metrics from there), else the results dir's tensorboard/ (a mirror of the JSON lines)."""
-        if self.ctx.rank != 0:
-            return None
-        try:
-            if self.opts.tensorboard_dir is None:
-                self.ctx.tensorboard()
-                return None
+        """Rank 0's writer for Megatron's --tensorboard-dir (the metrics are read from there);
+        without it the results dir's tensorboard/ mirrors the JSON lines (when installed)."""
+        if self.ctx.rank == 0 and self.opts.tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
             return SummaryWriter(log_dir=str(self.opts.tensorboard_dir))
-        except ImportError:
-            if self.opts.tensorboard_dir is not None:
-                raise
-            print("tensorboard not installed: metrics go to JSON lines only", flush=True)
-            return None
+        if self.ctx.rank == 0:
+            try:
+                self.ctx.tensorboard()
+            except ImportError:
+                print("tensorboard not installed: metrics go to JSON lines only", flush=True)
+        return None
 
     def run(self) -> None:
-        cfg = self.cfg
-        if self.opts.load_dir is not None:
-            if self.has_checkpoint() or not self.opts.load_optional:
-                self.load()
-            else:
-                print(f"no checkpoint in {self.opts.load_dir}: training from scratch", flush=True)
+        from workloads.gpt.checkpoint import MARKER_FILE
+
+        cfg, load_dir = self.cfg, self.opts.load_dir
+        if load_dir is not None and (not self.opts.load_optional or (load_dir / MARKER_FILE).is_file()):
+            self.load()
+        elif load_dir is not None:
+            print(f"no checkpoint in {load_dir}: training from scratch", flush=True)
         writer = self.open_tensorboard()
         while self.iteration < cfg.train_iters:
             self.iteration += 1
