@@ -87,3 +87,63 @@ def test_user_script_resume_passes_and_planted_lr_bug_fails(runner_project) -> N
     # the first loss that differs is step 13's
     assert "lm loss exact" in loss["detail"] and "first at step 13:" in loss["detail"], loss["detail"]
     assert "lm loss" in bug["detail"]
+
+
+PLUGIN = '''
+from pathlib import Path
+
+from runner.hookspecs import hookimpl
+from runner.records import Case, Location, Resources
+from runner.resume.layouts import CheckpointLayout
+from runner.sources import CaseSource
+
+
+class JobList(CaseSource):
+    """One case per line of a 'jobs.list' file: '<name> <script>'."""
+    id = "joblist"
+    priority = 20
+
+    def claims(self, file):
+        return file.name == "jobs.list"
+
+    def collect(self, file, ctx):
+        out = []
+        for n, line in enumerate(file.read_text().splitlines(), 1):
+            name, script = line.split()
+            out.append(Case(id=f"{file.name}::{name}", name=name, kind="script", spec_file=str(file),
+                            args={"script": str(file.parent / script), "metrics": "none"},
+                            resources=Resources(), location=Location(str(file), n, 1), tags=("joblist",)))
+        return out
+
+
+class Flat(CheckpointLayout):
+    id = "flat"
+    def saved_iterations(self, folder):
+        return sorted(int(p.stem[5:]) for p in Path(folder).glob("step_*.pt"))
+    def rewind(self, folder, iteration):
+        removed = [i for i in self.saved_iterations(folder) if i > iteration]
+        for i in removed:
+            (Path(folder) / f"step_{i}.pt").unlink()
+        return removed
+
+
+@hookimpl
+def runner_register_sources(registry):
+    registry.add(JobList)
+
+
+@hookimpl
+def runner_register_layouts(registry):
+    registry.add(Flat)
+'''
+
+
+def test_a_plugin_adds_a_case_source_and_a_layout(runner_project) -> None:
+    runner_project.write("myplugin.py", PLUGIN)
+    runner_project.write("cases/jobs.list", "hello hello.py\nworld hello.py\n")
+    runner_project.write("cases/hello.py", "print('hi')\n")
+    result = runner_project.run("list", "cases", "-p", "myplugin", python_path=[str(runner_project.path)])
+    assert result.exit_code == 0, result
+    assert "jobs.list::hello  (script, 1x1) [joblist]" in result.stdout and "jobs.list::world" in result.stdout
+    plugins = runner_project.run("plugins", "-p", "myplugin", python_path=[str(runner_project.path)])
+    assert "joblist" in plugins.stdout and "flat" in plugins.stdout, plugins

@@ -46,16 +46,42 @@ class CaseSource(abc.ABC):
         """The cases of ``file``; errors are SpecErrors naming file:line:col and the key."""
 
 
-def collect_cases(paths: Iterable[str], ctx: SourceContext) -> list[Case]:
-    from runner.spec.loader import find_spec_files
+def expand_paths(paths: Iterable[str], sources: list[CaseSource]) -> list[tuple[Path, str | None, CaseSource]]:
+    """PATHS (files, directories, ``file::case``) -> (file, case-name filter, its source). In a
+    directory every file some source claims, hidden folders left out; an explicit file no
+    source claims is a usage error."""
+    out: list[tuple[Path, str | None, CaseSource]] = []
+    seen: set[tuple[Path, str | None]] = set()
+    for raw in paths:
+        path_part, sep, name = raw.partition("::")
+        p = Path(path_part)
+        if not p.exists():
+            raise UsageError(f"{path_part}: no such file or directory")
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file()
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            items = [(f, None) for f in files]
+        else:
+            items = [(p, name if sep else None)]
+        for f, flt in items:
+            source = next((s for s in sources if s.claims(f)), None)
+            if source is None:
+                if not p.is_dir():
+                    raise UsageError(f"{f}: no case source reads this file (sources: "
+                                     f"{', '.join(s.id for s in sources)})")
+                continue
+            key = (f.resolve(), flt)
+            if key not in seen:
+                seen.add(key)
+                out.append((f, flt, source))
+    return out
 
+
+def collect_cases(paths: Iterable[str], ctx: SourceContext) -> list[Case]:
     sources = sorted((r.cls() for r in ctx.plugins.sources.items()), key=lambda s: -s.priority)
     cases: list[Case] = []
     seen: dict[str, Case] = {}
-    for file, name_filter in find_spec_files(paths):
-        source = next((s for s in sources if s.claims(file)), None)
-        if source is None:
-            continue
+    for file, name_filter, source in expand_paths(paths, sources):
         found = source.collect(file, ctx)
         if name_filter:
             names = [c.name for c in found]
