@@ -120,3 +120,53 @@ def test_ckpt_resume_case_runs_on_cpu_with_the_overlay(tmp_path: Path) -> None:
     assert {"golden:lm loss:deterministic", "golden:num-zeros:deterministic", "resume:lm loss:deterministic",
             "resume:num-zeros:deterministic"} <= names, names
     assert not any(c["name"].startswith("golden:iteration-time") for c in case["checks"])   # METRICS select
+
+
+def _collect(folder: Path, **settings):
+    from runner.plugins import PluginManager
+    from runner.sources import SourceContext, collect_cases
+
+    pm = PluginManager()
+    pm.load()
+    return collect_cases([str(folder)], SourceContext(pm, "cpu", folder, {"megatron": settings}))
+
+
+MINIMAL = """\
+ENV_VARS:
+  NON_DETERMINSTIC_RESULTS: 1
+MODEL_ARGS:
+  --num-layers: 2
+  --hidden-size: 8
+  --num-attention-heads: 2
+  --seq-length: 8
+  --max-position-embeddings: 8
+  --micro-batch-size: 1
+  --global-batch-size: 2
+  --train-iters: 4
+  --lr: 0.1
+  --mock-data: true
+  --vocab-size: 64
+  --tensorboard-dir: ${TENSORBOARD_PATH}
+TEST_TYPE: THE_TYPE
+METRICS: [lm loss, iteration-time]
+"""
+
+
+def test_mapping_of_test_type_metrics_and_nondeterminism(tmp_path: Path) -> None:
+    for name, test_type in (("a_regular", "regular"), ("b_release", "release")):
+        (tmp_path / "gpt" / name).mkdir(parents=True)
+        (tmp_path / "gpt" / name / "model_config.yaml").write_text(MINIMAL.replace("THE_TYPE", test_type))
+        golden = tmp_path / "golden" / name
+        golden.mkdir(parents=True)
+        (golden / "golden_values_dev_cpu.json").write_text(
+            '{"lm loss": {"start_step": 1, "end_step": 4, "step_interval": 1, "values": {"1": 1, "2": 1, "3": 1, "4": 1}}}')
+    overlay = tmp_path / "ov.yaml"
+    overlay.write_text("overlay: megatron\ngolden_dir: golden\n")
+    regular, release = _collect(tmp_path / "gpt", overlay=str(overlay))
+    assert regular.skip is None and regular.kind == "megatron" and regular.tags == ("megatron", "regular")
+    assert regular.compare == {"select": ["lm loss", "iteration-time"], "deterministic": False}
+    assert regular.env["NON_DETERMINSTIC_RESULTS"] == "1" and regular.resources.world_size == 2   # CPU: tp*pp*2
+    assert release.skip and "TEST_TYPE 'release'" in release.skip
+    # without the overlay: no CPU golden in the case folders -> SKIPPED with the reason
+    (case,) = [c for c in _collect(tmp_path / "gpt") if c.name == "a_regular"]
+    assert case.skip and "no golden values for platform 'cpu'" in case.skip
