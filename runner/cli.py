@@ -39,6 +39,11 @@ def _common(p: argparse.ArgumentParser, *, paths: bool = True) -> None:
         p.add_argument("--platform", help="force the platform (cpu, dgx_h100, ...); default: detected")
     p.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                    help="load a plugin module; -p no:NAME blocks one")
+    if paths:
+        p.add_argument("--overlay", metavar="FILE",
+                       help="Megatron cases: a YAML overlay of MODEL_ARGS/ENV_VARS/resources/golden_dir")
+        p.add_argument("--megatron-entry", metavar="ENTRY",
+                       help="Megatron cases: the training entry (builtin, path/to/pretrain_gpt.py, '-m module')")
 
 
 def build_parser(plugins: "object | None" = None) -> argparse.ArgumentParser:
@@ -188,6 +193,8 @@ def _options(ns: argparse.Namespace, config: "ProjectConfig") -> "Options":
         plugins=list(ns.plugins), verbose=getattr(ns, "verbose", 0),
         reuse=getattr(ns, "reuse", True),
         extra={k: v for k, v in vars(ns).items() if not k.startswith("_")},
+        source_overrides={"megatron": {k: v for k, v in (("overlay", getattr(ns, "overlay", None)),
+                                                           ("entry", getattr(ns, "megatron_entry", None))) if v}},
     )
 
 
@@ -214,7 +221,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
     for c in cases:
         res = c.resources
         tags = f" [{', '.join(c.tags)}]" if c.tags else ""
-        print(f"{c.id}  ({c.kind}, {res.nodes}x{res.nproc_per_node}){tags}")
+        skip = f"  SKIPPED: {c.skip}" if c.skip and c.kind == "megatron" else ""
+        print(f"{c.id}  ({c.kind}, {res.nodes}x{res.nproc_per_node}){tags}{skip}")
     print(f"\n{len(cases)} case{'s' if len(cases) != 1 else ''} collected (platform: {session.platform})")
     return EXIT_OK if cases else EXIT_NO_TESTS
 
@@ -223,6 +231,9 @@ def cmd_validate(ns: argparse.Namespace) -> int:
     session = _session(ns)
     cases = session.collect()
     session.check_goldens(cases)
+    for c in cases:
+        if c.kind == "megatron":   # Megatron cases: which test each one is
+            print(f"{c.id}  ({c.kind}, TEST_TYPE {c.args['test_type']})" + (f"  SKIPPED: {c.skip}" if c.skip else ""))
     files = sorted({c.spec_file for c in cases})
     print(f"ok: {len(cases)} case{'s' if len(cases) != 1 else ''} in {len(files)} file{'s' if len(files) != 1 else ''} "
           f"(platform: {session.platform})")
@@ -264,6 +275,8 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     rows = [[r.id, "backend", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.backends.items()]
     rows += [[r.id, "case kind", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.kinds.items()]
     rows += [[r.id, "reporter", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.reporters.items()]
+    rows += [[r.id, "case source", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.sources.items()]
+    rows += [[r.id, "ckpt layout", r.plugin, r.origin, getattr(r.cls, "description", "")] for r in plugins.layouts.items()]
     print(tabulate(rows, headers=["id", "type", "plugin", "from", "description"]))
     for r in plugins.backends.items():
         opts = getattr(r.cls, "options", {}) or {}

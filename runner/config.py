@@ -11,6 +11,11 @@ Keys (all optional)::
     plugins = ["my_company.runner_plugin"]
     paths = ["specs"]             # what `runner run` collects when given no paths
 
+    [tool.runner.megatron]        # Megatron-LM test cases (model_config.yaml)
+    entry = "builtin"             # or "../Megatron-LM/pretrain_gpt.py", or "-m package.module"
+    data_path = "/data"           # ${DATA_PATH}
+    unsupported_args = "error"    # built-in entry: "warn" ignores unsupported arguments
+
     [tool.runner.backends.slurm]  # options of one backend (strings), same as --backend-opt
     partition = "gpu"
     account = "ml"
@@ -31,7 +36,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KNOWN_KEYS = {"backend", "results_dir", "golden_dir", "environment", "jobs", "plugins", "paths", "backends"}
+KNOWN_KEYS = {"backend", "results_dir", "golden_dir", "environment", "jobs", "plugins", "paths", "backends",
+              "megatron"}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ line; ``-p no:NAME`` blocks a plugin by its entry-point or module name.
 Phases::
 
     configure  runner_register_backends, runner_register_kinds, runner_register_reporters,
-               runner_register_checks, runner_addoption, runner_configure
+               runner_register_checks, runner_register_sources, runner_register_layouts,
+               runner_addoption, runner_configure
     collect    runner_collect_modifycases
     plan       runner_plan_launches (wrapper-friendly)
     run        runner_launch_started, runner_launch_finished, runner_should_retry
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 
     from runner.plan.kind import LaunchPlan
     from runner.records import Case, CaseResult, CheckResult, Launch, LaunchOutcome
-    from runner.plugins import BackendRegistry, CheckRegistry, KindRegistry, ReporterRegistry
+    from runner.plugins import (BackendRegistry, CheckRegistry, KindRegistry, LayoutRegistry, ReporterRegistry,
+                                SourceRegistry)
     from runner.run.session import Session
 
 PROJECT = "runner"
@@ -68,6 +70,19 @@ def runner_register_reporters(registry: "ReporterRegistry") -> None:
     the parsed options whether it runs (``create``). The terminal, JSON, JUnit XML, HTML and
     history reporters are registered this way. Same id rules as backends.
     """
+
+
+@hookspec(historic=True)
+def runner_register_sources(registry: "SourceRegistry") -> None:
+    """Register case sources: ``registry.add(MySource)``. A source turns files into cases
+    (``runner.sources.CaseSource``: ``claims(path)``, ``collect(path, ...)``); the built-ins
+    are ``yaml`` (spec files) and ``megatron`` (Megatron-LM's model_config.yaml)."""
+
+
+@hookspec(historic=True)
+def runner_register_layouts(registry: "LayoutRegistry") -> None:
+    """Register checkpoint layouts for resume tests: ``registry.add(MyLayout)``
+    (``runner.resume.layouts.CheckpointLayout``); the built-in one is ``megatron``."""
 
 
 @hookspec

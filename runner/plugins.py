@@ -98,6 +98,14 @@ BUILTIN_REPORTERS = {
 }
 
 
+class SourceRegistry(_Registry[Any]):
+    what = "case source"
+
+
+class LayoutRegistry(_Registry[Any]):
+    what = "checkpoint layout"
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     name: str
@@ -114,6 +122,8 @@ class PluginManager:
         self.kinds = KindRegistry(self)
         self.checks = CheckRegistry(self)
         self.reporters = ReporterRegistry(self)
+        self.sources = SourceRegistry(self)
+        self.layouts = LayoutRegistry(self)
         self.plugins: list[PluginInfo] = []
         self.current_plugin = "?"
         self.current_origin = "?"
@@ -163,6 +173,8 @@ class PluginManager:
         self.pm.hook.runner_register_kinds.call_historic(kwargs={"registry": self.kinds})
         self.pm.hook.runner_register_checks.call_historic(kwargs={"registry": self.checks})
         self.pm.hook.runner_register_reporters.call_historic(kwargs={"registry": self.reporters})
+        self.pm.hook.runner_register_sources.call_historic(kwargs={"registry": self.sources})
+        self.pm.hook.runner_register_layouts.call_historic(kwargs={"registry": self.layouts})
 
     def _register(self, obj: Any, name: str, origin: str) -> None:
         if self.pm.is_registered(obj) or self.pm.has_plugin(name):

@@ -43,8 +43,9 @@ def test_stage_reads_launches_and_golden_in_one_place(tmp_path):
     res = run_comparisons(_case(tmp_path), [run1, run2], ctx,
                           [GoldenMetrics("run1"), RunAgreement("run1", "run2", 1, ("lm loss",))])
     got = {c.name: c.passed for c in res}
-    assert got == {"golden:lm loss:deterministic": True, "golden:lm loss:approximate": True, "resume:lm loss": False}
-    assert "first at step 3" in next(c for c in res if c.name == "resume:lm loss").detail
+    assert got == {"golden:lm loss:deterministic": True, "golden:lm loss:approximate": True,
+                   "resume:lm loss:deterministic": False, "resume:lm loss:approximate": True}
+    assert "first at step 3" in next(c for c in res if c.name == "resume:lm loss:deterministic").detail
     # a request naming a launch that did not run fails, it is not ignored
     (bad,) = run_comparisons(_case(tmp_path), [run1], ctx, [GoldenMetrics("main")])
     assert not bad.passed and "no launch named 'main'" in bad.detail

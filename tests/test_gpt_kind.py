@@ -90,9 +90,12 @@ def test_plan_regular_and_ckpt_resume() -> None:
     assert (main.name, main.entry) == ("main", "workloads.gpt.worker:run")
     args = dict(test_type="ckpt-resume", train_iters=100, save_interval=50)
     run1, run2 = kind.plan(_case(args))
-    assert run1.name == "run1" and run1.args["discard_after_iteration"] == 50
-    assert run2.name == "run2" and run2.args["load_from"] == "run1"
-    assert "load_from" not in run1.args and "discard_after_iteration" not in run2.args
+    # the generic resume flow: run 2 is wrapped so the runner rewinds run 1's checkpoints first
+    assert (run1.name, run1.entry) == ("run1", "workloads.gpt.worker:run")
+    assert (run2.name, run2.entry) == ("run2", "runner.resume.worker:run")
+    assert run2.args["load_from"] == "run1" and "load_from" not in run1.args and "resume" not in run1.args
+    assert run2.args["resume"] == {"entry": "workloads.gpt.worker:run", "from": "run1", "subdir": "checkpoints",
+                                   "layout": "megatron", "train_iters": 100}
     assert resume_iteration(GPTConfig(train_iters=20, save_interval=3)) == 9
     assert kind.expected_steps(_case(args)) == (1, 100)
 
@@ -161,7 +164,8 @@ def test_ckpt_resume_passes_and_every_planted_bug_fails(runner_project) -> None:
     assert upd.verdicts == {"resume_clean": "PASSED"}, upd
     clean = upd.case("resume_clean")
     resume_checks = {c["name"]: c for c in clean["checks"] if c["name"].startswith("resume:")}
-    assert set(resume_checks) == {"resume:lm loss", "resume:num-zeros"}
+    assert set(resume_checks) == {f"resume:{m}:{c}" for m in ("lm loss", "num-zeros")
+                                  for c in ("deterministic", "approximate")}
     assert all(c["passed"] and not c["skipped"] for c in resume_checks.values())
     golden = runner_project.path / "golden" / "resume_clean" / "golden_values_dev_cpu.json"
     assert golden.is_file()
@@ -175,7 +179,7 @@ def test_ckpt_resume_passes_and_every_planted_bug_fails(runner_project) -> None:
         failed = [c for c in case["checks"] if not c["passed"]]
         # run 1 is not affected by what is saved: only the resume comparison fails
         assert failed and all(c["name"].startswith("resume:") for c in failed), (fault, failed)
-        loss = next(c for c in failed if c["name"] == "resume:lm loss")
+        loss = next(c for c in failed if c["name"] == "resume:lm loss:deterministic")
         assert f"first at step {step}:" in loss["detail"], (fault, loss["detail"])
         assert "lm loss" in case["detail"], (fault, case["detail"])
 

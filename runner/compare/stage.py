@@ -42,6 +42,7 @@ class RunAgreement:
     metrics: tuple[str, ...]
     source: str = "jsonl"
     label: str = "resume"
+    decimals: int | None = None                   # exact at this many decimals (Megatron's own runs: 5)
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class ComparisonStage:
         ref: Metrics = self.metrics(c.reference, c.source)
         cand: Metrics = self.metrics(c.candidate, c.source)
         return series_agreement(ref, cand, c.metrics, c.after_step, deterministic=self.options.deterministic,
-                                label=c.label)
+                                decimals=c.decimals, label=c.label)
 
     def captures(self, c: CapturePairs) -> list[CheckResult]:
         from runner.compare.tensors import compare_tensor_trees, path_key

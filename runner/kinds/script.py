@@ -8,6 +8,11 @@ Args::
     metrics: jsonl               # jsonl | tensorboard | none: where its per-step metrics are
     golden: true                 # compare the metrics with golden values (default: metrics != none)
     steps: [1, 100]              # first and last step it logs (checked against the golden's range)
+    test_type: ckpt-resume       # regular (default) | ckpt-resume: the runner's generic resume test
+    layout: megatron             # the checkpoint layout the script writes (a registry; default megatron)
+
+``${CHECKPOINT_SAVE_PATH}``, ``${CHECKPOINT_LOAD_PATH}`` and ``${TENSORBOARD_PATH}`` in ``argv`` are
+filled per launch (run 2 of a resume test loads run 1's checkpoints).
 
 In every rank the script runs as ``__main__`` with these environment variables:
 ``RUNNER_RESULTS_DIR`` (this launch's results dir), ``RUNNER_METRICS_FILE`` (a JSON-lines
@@ -25,7 +30,10 @@ from runner.errors import CaseError
 from runner.hookspecs import hookimpl
 from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
 from runner.records import Case, CheckResult, LaunchOutcome
+from runner.resume.plan import ResumeSpec, resume_plans
 from runner.results import ResultsDir
+
+WORKER = "runner.kinds.script_worker:run"
 
 
 class ScriptKind(CaseKind):
@@ -42,6 +50,8 @@ class ScriptKind(CaseKind):
             "metrics": {"enum": ["jsonl", "tensorboard", "none"]},
             "golden": {"type": "boolean"},
             "steps": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2},
+            "test_type": {"enum": ["regular", "ckpt-resume"]},
+            "layout": {"type": "string", "minLength": 1},
         },
         "oneOf": [{"required": ["script"]}, {"required": ["module"]}],
     }
@@ -52,6 +62,13 @@ class ScriptKind(CaseKind):
             path = self.script_path(case)
             if not path.is_file():
                 raise CaseError("args.script", f"no such file: {path}")
+        if args.get("test_type") == "ckpt-resume":
+            if not args.get("steps"):
+                raise CaseError("args.test_type", "ckpt-resume needs steps: [first, last] (last = train iterations)")
+            argv = " ".join(map(str, args.get("argv", [])))
+            if "${CHECKPOINT_SAVE_PATH}" not in argv or "${CHECKPOINT_LOAD_PATH}" not in argv:
+                raise CaseError("args.argv", "ckpt-resume: pass ${CHECKPOINT_SAVE_PATH} and ${CHECKPOINT_LOAD_PATH} "
+                                             "to the script (where it saves and what it loads)")
 
     @staticmethod
     def script_path(case: Case) -> Path:
@@ -72,7 +89,11 @@ class ScriptKind(CaseKind):
             args["script"] = str(self.script_path(case))
         else:
             args["module"] = case.args["module"]
-        return [LaunchPlan("main", "runner.kinds.script_worker:run", args)]
+        if case.args.get("test_type") == "ckpt-resume":
+            steps = case.args["steps"]
+            return resume_plans(WORKER, args, ResumeSpec(train_iters=int(steps[1]),
+                                                         layout=str(case.args.get("layout", "megatron"))))
+        return [LaunchPlan("main", WORKER, args)]
 
     def metrics(self, case: Case, outcome: LaunchOutcome) -> dict[str, dict[int, float]]:
         rd = ResultsDir(outcome.launch.results_dir)
@@ -83,14 +104,22 @@ class ScriptKind(CaseKind):
         return rd.metrics()
 
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: CompareContext) -> Sequence[CheckResult]:
-        return [CheckResult("completed", True)]
+        from runner.resume.checks import rewind_checks
+
+        checks = [CheckResult("completed", True)]
+        if case.args.get("test_type") == "ckpt-resume":
+            checks.extend(rewind_checks(outcomes))
+        return checks
 
     def comparisons(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Sequence[Any]:
         from runner.compare.stage import GoldenMetrics
+        from runner.resume.checks import resume_comparisons
 
+        source = "tensorboard" if case.args.get("metrics", "jsonl") == "tensorboard" else "jsonl"
+        if case.args.get("test_type") == "ckpt-resume":
+            return resume_comparisons(case, outcomes, golden=self.case_uses_golden(case), source=source)
         if not self.case_uses_golden(case):
             return ()
-        source = "tensorboard" if case.args.get("metrics", "jsonl") == "tensorboard" else "jsonl"
         return [GoldenMetrics(outcomes[0].launch.name if outcomes else "main", source)]
 
     def golden_metrics(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Mapping[int, float]] | None:

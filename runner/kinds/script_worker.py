@@ -15,7 +15,10 @@ def run(ctx: WorkerContext) -> None:
     metrics.parent.mkdir(parents=True, exist_ok=True)
     os.environ["RUNNER_METRICS_FILE"] = str(metrics)
     os.environ["RUNNER_TENSORBOARD_DIR"] = str(ctx.results.tensorboard_dir / f"rank{ctx.rank}")
-    argv = list(args.get("argv", []))
+    from runner.sources.placeholders import fill, launch_paths
+
+    resume = args.get("resume")
+    argv = fill(list(args.get("argv", [])), launch_paths(ctx, load_from=resume["from"] if resume else None))
     if "script" in args:
         script = args["script"]
         sys.argv = [script] + argv

@@ -18,9 +18,9 @@ from runner.config import ProjectConfig
 from runner.errors import SpecError, UsageError
 from runner.plan.kind import CompareContext
 from runner.records import Case, Launch
+from runner.resume.plan import bind_layouts
 from runner.plugins import PluginManager
 from runner.spec.keywords import compile_keyword
-from runner.spec.loader import SpecLoader
 from runner.run.lock import ResultsLock
 
 
@@ -45,6 +45,8 @@ class Options:
     reuse: bool = True                 # warm worker pools for poolable kinds (--no-reuse: off)
     #: every parsed command-line option, plugins' own included (option dest -> value)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: per case source, settings from the command line (e.g. megatron: overlay, entry)
+    source_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Session:
@@ -65,13 +67,24 @@ class Session:
 
     # -- collect --------------------------------------------------------------------------------
     def collect(self) -> list[Case]:
-        loader = SpecLoader(self.plugins, self.platform, root=self.root)
-        cases = loader.load_paths(self.options.paths)
+        from runner.sources import SourceContext, collect_cases
+
+        ctx = SourceContext(self.plugins, self.platform, self.root, self.source_settings(),
+                            environment=self.options.environment,
+                            allow_missing_golden=self.options.allow_missing_golden)
+        cases = collect_cases(self.options.paths, ctx)
         if self.options.keyword:
             match = compile_keyword(self.options.keyword)
             cases = [c for c in cases if match(c)]
         self.plugins.hook.runner_collect_modifycases(session=self, cases=cases)
         return cases
+
+    def source_settings(self) -> dict[str, dict[str, Any]]:
+        """``[tool.runner.<source>]`` tables with the command line's overrides on top."""
+        out = {"megatron": dict(self.config.get("megatron", {}) or {})}
+        for source, values in self.options.source_overrides.items():
+            out.setdefault(source, {}).update(values)
+        return out
 
     def check_goldens(self, cases: Sequence[Case]) -> None:
         """Every case of a golden-using kind must have a readable golden with the right range."""
@@ -161,6 +174,7 @@ class Session:
         plans = self.plugins.hook.runner_plan_launches(case=case)
         if plans is None:
             plans = self.plugins.kind(case.kind).plan(case)
+        plans = bind_layouts(plans, self.plugins.layouts)
         out = []
         for p in plans:
             env = {"RUNNER_CASE_ID": case.id, "RUNNER_LAUNCH": p.name}

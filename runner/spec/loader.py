@@ -18,9 +18,10 @@ from runner.spec.schema import suite_schema, validate
 from runner.spec.yamlpos import dotted, load_with_positions
 
 SPEC_SUFFIXES = (".yaml", ".yml")
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``{axis}`` matrix placeholders; ``${NAME}`` (per-launch paths, Megatron-style) is left alone
+_PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: a template's pieces: '{{' and '}}' are literal braces, '{name}' a placeholder
-_TEMPLATE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TEMPLATE = re.compile(r"\{\{|\}\}|(?<!\$)\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 
 

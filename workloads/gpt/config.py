@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 #: keys of a launch's args that steer the test flow, not the model or optimiser
-RUN_KEYS = ("test_type", "inject_fault", "load_from", "discard_after_iteration", "data")
+RUN_KEYS = ("test_type", "inject_fault", "load_from", "resume", "data")
 
 BUILTIN_DATA = "builtin"
+#: where a launch writes its checkpoints, inside its results dir
+CHECKPOINT_DIRNAME = "checkpoints"
 
 
 class ConfigError(ValueError):

@@ -5,12 +5,14 @@ Test types (``args.test_type``, Megatron's semantics):
 
 - ``regular``: one launch ``main`` trains ``train_iters`` iterations; its metrics are checked
   against the case's golden file (``runner.compare.golden``: Megatron's rules).
-- ``ckpt-resume``: launch ``run1`` trains all iterations, saving a ``torch_dist`` checkpoint
-  every ``save_interval``; at its end the checkpoints after the resume iteration (the last save
-  at or before half of ``train_iters``) are discarded and the latest-iteration marker points
-  at it. Launch ``run2`` (a separate job through the backend) loads run1's checkpoint folder
-  and trains to the end. Checks: run1 vs golden, and run1 vs run2 on every step after the
-  resume point for ``lm loss`` and ``num-zeros`` — exactly equal (deterministic mode).
+- ``ckpt-resume``: the runner's generic resume flow (``runner.resume``, the same one the
+  ``script`` and ``megatron`` kinds use): launch ``run1`` trains all iterations, saving a
+  ``torch_dist`` checkpoint every ``save_interval``; before launch ``run2`` (a separate job
+  through the backend) starts training, the runner removes the checkpoints after the resume
+  iteration (the last save at or before half of ``train_iters``) and points the
+  latest-iteration marker at it (Megatron's layout); run2 loads run1's checkpoint folder and
+  trains to the end. Checks: run1 vs golden, and run2 vs run1 on every step after the resume
+  point for ``lm loss`` and ``num-zeros`` — exact (bit-equal) and approximate.
 
 Args are Megatron's training arguments with underscores (``workloads.gpt.config.GPTConfig``)
 plus ``test_type``, ``data`` (``builtin``: a seeded synthetic corpus in Megatron's indexed
@@ -29,7 +31,8 @@ from runner.errors import CaseError
 from runner.hookspecs import hookimpl
 from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
 from runner.records import Case, CheckResult, LaunchOutcome
-from workloads.gpt.config import BUILTIN_DATA, ConfigError, GPTConfig
+from runner.resume.plan import ResumeSpec, resume_plans
+from workloads.gpt.config import BUILTIN_DATA, CHECKPOINT_DIRNAME, ConfigError, GPTConfig
 from workloads.gpt.faults import FAULTS, STEP_FAULTS
 
 ENTRY = "workloads.gpt.worker:run"
@@ -158,8 +161,9 @@ class GPTKind(CaseKind):
         if _test_type(case) == "regular":
             return [LaunchPlan("main", ENTRY, args)]
         cfg = _config(case)
-        return [LaunchPlan("run1", ENTRY, {**args, "discard_after_iteration": resume_iteration(cfg)}),
-                LaunchPlan("run2", ENTRY, {**args, "load_from": "run1"})]
+        return resume_plans(ENTRY, args, ResumeSpec(train_iters=cfg.train_iters, layout="megatron",
+                                                    checkpoint_subdir=CHECKPOINT_DIRNAME),
+                            run2_args={**args, "load_from": "run1"})
 
     def expected_steps(self, case: Case) -> tuple[int, int] | None:
         return (1, _config(case).train_iters)

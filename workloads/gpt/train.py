@@ -53,9 +53,10 @@ class RunOptions:
 
     save_dir: Path | None = None             # write checkpoints here every save_interval
     load_dir: Path | None = None             # resume from the latest checkpoint here
-    discard_after_iteration: int | None = None   # ckpt-resume run 1: drop later checkpoints, point marker here
+    load_optional: bool = False              # Megatron's --load: no checkpoint there -> train from scratch
     data: str = BUILTIN_DATA                 # "builtin" or a Megatron indexed-dataset path prefix
     data_cache: Path | None = None           # where the built-in corpus is written
+    tensorboard_dir: Path | None = None      # Megatron's --tensorboard-dir (rank 0 writes scalars there)
     fault: Fault = Fault()
 
 
@@ -342,20 +343,37 @@ class Trainer:
             "calibration-time": float(summed[2]) / self.g.world_size,
         }
 
-    def run(self) -> None:
-        cfg = self.cfg
-        if self.opts.load_dir is not None:
-            self.load()
+    def open_tensorboard(self) -> Any:
+        """Rank 0's writer for Megatron's --tensorboard-dir (the metrics are read from there);
+        without it the results dir's tensorboard/ mirrors the JSON lines (when installed)."""
+        if self.ctx.rank == 0 and self.opts.tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return SummaryWriter(log_dir=str(self.opts.tensorboard_dir))
         if self.ctx.rank == 0:
             try:
                 self.ctx.tensorboard()
             except ImportError:
                 print("tensorboard not installed: metrics go to JSON lines only", flush=True)
+        return None
+
+    def run(self) -> None:
+        from workloads.gpt.checkpoint import MARKER_FILE
+
+        cfg, load_dir = self.cfg, self.opts.load_dir
+        if load_dir is not None and (not self.opts.load_optional or (load_dir / MARKER_FILE).is_file()):
+            self.load()
+        elif load_dir is not None:
+            print(f"no checkpoint in {load_dir}: training from scratch", flush=True)
+        writer = self.open_tensorboard()
         while self.iteration < cfg.train_iters:
             self.iteration += 1
             metrics = self.train_step()
             if self.ctx.rank == 0:
                 self.ctx.log_metrics(self.iteration, metrics)
+                if writer is not None:
+                    for name, value in metrics.items():
+                        writer.add_scalar(name, value, self.iteration)
                 print(f"iteration {self.iteration}/{cfg.train_iters} " +
                       " ".join(f"{k}={v:.6g}" for k, v in metrics.items()), flush=True)
             if self.opts.save_dir is not None and cfg.save_interval and self.iteration % cfg.save_interval == 0:
@@ -366,22 +384,8 @@ class Trainer:
 
             self.pending_save.wait()
             finalize_pending_saves()
-        dist.barrier()
-        keep = self.opts.discard_after_iteration
-        if keep is not None and self.opts.save_dir is not None:
-            self.rewind_checkpoints(keep)
-
-    def rewind_checkpoints(self, keep: int) -> None:
-        """ckpt-resume run 1: discard checkpoints after ``keep``; the marker points at ``keep``."""
-        from workloads.gpt.checkpoint import discard_iteration, set_latest_iteration
-
-        if keep not in self.saved:
-            raise RuntimeError(f"cannot resume from iteration {keep}: saved iterations are {self.saved}")
-        if self.ctx.rank == 0:
-            for it in self.saved:
-                if it > keep:
-                    discard_iteration(self.opts.save_dir, it)
-            set_latest_iteration(self.opts.save_dir, keep)
+        if writer is not None:
+            writer.close()
         dist.barrier()
 
 

@@ -7,11 +7,9 @@ in ``load_from`` (``ctx.sibling_dir``) — and trains.
 """
 from __future__ import annotations
 
-from workloads.gpt.config import BUILTIN_DATA, GPTConfig
+from workloads.gpt.config import BUILTIN_DATA, CHECKPOINT_DIRNAME, GPTConfig
 from workloads.gpt.faults import Fault
 from workloads.gpt.train import RunOptions, train
-
-CHECKPOINT_DIRNAME = "checkpoints"
 
 
 def run_options(ctx, args) -> RunOptions:
@@ -20,7 +18,6 @@ def run_options(ctx, args) -> RunOptions:
     return RunOptions(
         save_dir=ctx.results_dir / CHECKPOINT_DIRNAME if cfg_has_saves else None,
         load_dir=ctx.sibling_dir(load_from) / CHECKPOINT_DIRNAME if load_from else None,
-        discard_after_iteration=args.get("discard_after_iteration"),
         data=str(args.get("data", BUILTIN_DATA)),
         data_cache=ctx.results_dir / "data",
         fault=Fault.parse(args.get("inject_fault")),
@@ -31,3 +28,33 @@ def run(ctx) -> None:
     args = dict(ctx.args)
     cfg = GPTConfig.from_args(args)
     train(ctx, cfg, run_options(ctx, args))
+
+
+def megatron_options(ctx, parsed) -> RunOptions:
+    """RunOptions from a parsed Megatron command line: --save only with --save-interval (as
+    Megatron), --load a folder that may hold no checkpoint yet (then training starts fresh)."""
+    from pathlib import Path
+
+    saves = parsed.save is not None and parsed.config.get("save_interval")
+    return RunOptions(
+        save_dir=Path(parsed.save) if saves else None,
+        load_dir=Path(parsed.load) if parsed.load else None,
+        load_optional=True,
+        data=parsed.data,
+        data_cache=Path(parsed.data_cache) if parsed.data_cache else ctx.results_dir / "data",
+        tensorboard_dir=Path(parsed.tensorboard_dir) if parsed.tensorboard_dir else None,
+    )
+
+
+def run_megatron(ctx, argv: list[str]) -> None:
+    """The built-in training entry that speaks Megatron's command line."""
+    from workloads.gpt.megatron_args import parse
+
+    parsed = parse(list(argv), unsupported=str(ctx.args.get("unsupported_args", "error")))
+    if ctx.rank == 0:
+        for note in parsed.notes:
+            print(f"megatron args: accepted without effect: {note}", flush=True)
+        for flag in parsed.ignored:
+            print(f"warning: megatron args: ignoring unsupported argument {flag}", flush=True)
+    ctx.record("megatron_args", {"without_effect": list(parsed.without_effect), "ignored": list(parsed.ignored)})
+    train(ctx, GPTConfig(**parsed.config), megatron_options(ctx, parsed))
