@@ -116,7 +116,7 @@ def test_rank_raise_exit_and_segfault(project):
 
 
 def test_hang_in_a_collective_times_out_within_limit_plus_10s(project):
-    limit = 45
+    limit = 30
     spec(project, case_line("hangs", "hang"), timeout=limit)
     r = project.run("run", "specs", "--backend-opt", "grace=3")
     assert r.exit_code == 1, r

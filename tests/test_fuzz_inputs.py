@@ -237,3 +237,17 @@ def test_known_bad_goldens_are_one_line(tmp_path, payload, expect):
         load_golden(path)
     message = str(exc.value)
     assert "\n" not in message and str(path) in message and expect in message, message
+
+
+@pytest.mark.parametrize("bad", ['{"step": 2, "lm loss": 1.0', "not json", '[1, 2]', '{"step": "3", "lm loss": 1.0}'])
+def test_a_malformed_metrics_line_is_an_error_naming_file_and_line(tmp_path, bad):
+    """Never skipped: the script kind's comparison ends as ERROR with file:line."""
+    from runner.results import MetricsError, ResultsDir
+
+    metrics = tmp_path / "metrics" / "rank0.jsonl"
+    metrics.parent.mkdir()
+    metrics.write_text('{"step": 1, "lm loss": 2.0}\n' + bad + "\n" + '{"step": 3, "lm loss": 1.5}\n')
+    with pytest.raises(MetricsError, match=re.escape(f"{metrics}:2:")):
+        ResultsDir(tmp_path).metrics()
+    metrics.write_text('{"step": 1, "lm loss": 2.0}\n\n{"step": 2, "lm loss": NaN}\n')
+    assert ResultsDir(tmp_path).metrics()["lm loss"][1] == 2.0      # blank lines and NaN are fine

@@ -7,7 +7,9 @@ Three layers, each covering what the one before cannot:
    same on itself first thing (``runner.worker.lifetime.die_with_parent``), then checks
    that its parent still carries the launch token — if the agent died in between, the worker
    exits at once. A ``kill -9`` of the runner therefore takes the agents, and the agents the
-   workers, with it.
+   workers, with it. The kernel ties the signal to the *thread* that started the child:
+   launches must be submitted from a thread that lives as long as they do (the scheduler's
+   loop thread does).
 2. **Launch records.** Each launch writes ``<results root>/.runner/local/<token>.json`` with the
    owner's PID and process start time; the record is marked ended once no process carries the
    token any more.
