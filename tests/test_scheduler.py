@@ -33,7 +33,7 @@ class ProcessBackend(Backend):
 
     id = "procs"
     poll_interval = 0.05
-    options = {"cpus": "CPU slots to fill", "gpus": "GPUs to hand out"}
+    options = {"cpus": "CPU slots (default 8)", "gpus": "GPUs to hand out (default 2)"}
     log: list[tuple[str, float, float]] = []
 
     def __init__(self, options=None):
