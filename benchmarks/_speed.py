@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+def env(root: Path = ROOT) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
 
 
 def load() -> str:
@@ -29,12 +29,14 @@ def load() -> str:
 CPU: list[float] = []
 
 
-def timed(cmd: Sequence[str], *, cwd: Path = ROOT, ok: Sequence[int] = (0,), timeout: float = 1800) -> float:
+def timed(cmd: Sequence[str], *, cwd: Path = ROOT, ok: Sequence[int] = (0,), timeout: float = 1800,
+          code: Path = ROOT) -> float:
     """Wall seconds of one command; its exit code must be in ``ok``. Its CPU seconds (with
-    its children's) are appended to ``CPU``: on a loaded machine they move less than wall time."""
+    its children's) are appended to ``CPU``: on a loaded machine they move less than wall time.
+    ``code``: the checkout whose ``runner`` runs (put first on PYTHONPATH), e.g. a baseline."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(list(cmd), cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.run(list(cmd), cwd=cwd, env=env(code), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
     took = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

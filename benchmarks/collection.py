@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=10000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--baseline", type=Path, help="another checkout (e.g. a worktree of main): its `runner list` "
+                                                 "is timed alternately with this one's")
     ns = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-collect-") as tmp:
         path = Path(tmp) / "big.yaml"
@@ -46,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         n = 12 * len(data["cases"][0]["matrix"]["s"])
         bare, lst, dry = [], [], []
         print(f"before: {load()}", flush=True)
-        cpu: dict[str, list[float]] = {"help": [], "list": [], "dry": []}
+        cpu: dict[str, list[float]] = {"help": [], "list": [], "dry": [], "base": []}
+        base: list[float] = []
         for _ in range(ns.repeats):
+            if ns.baseline:
+                base.append(timed(runner_cmd("list", str(path), "--platform", "cpu"), code=ns.baseline.resolve(),
+                                  cwd=ns.baseline.resolve()))
+                cpu["base"].append(CPU[-1])
             bare.append(timed(runner_cmd("--help")))
             cpu["help"].append(CPU[-1])
             lst.append(timed(runner_cmd("list", str(path), "--platform", "cpu")))
@@ -59,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} cases: runner --help {b:.3f} s; runner list {median(lst):.3f} s ({median(lst) / b:.2f}x --help); "
           f"runner run --dry-run {median(dry):.3f} s ({median(dry) / b:.2f}x --help)  (medians of {ns.repeats}; "
           f"list {', '.join(f'{x:.2f}' for x in lst)}; dry run {', '.join(f'{x:.2f}' for x in dry)})")
+    if base:
+        print(f"runner list, this checkout vs {ns.baseline}: {median(lst):.3f} s vs {median(base):.3f} s, ratio "
+              f"{median(lst) / median(base):.3f}; CPU {median(cpu['list']):.3f} s vs {median(cpu['base']):.3f} s, "
+              f"ratio {median(cpu['list']) / median(cpu['base']):.3f}")
     print(f"CPU seconds (user + system), medians: --help {median(cpu['help']):.3f}, list {median(cpu['list']):.3f}, "
           f"dry run {median(cpu['dry']):.3f}")
     return 0

@@ -17,7 +17,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed import PYTHON, load, row, runner_cmd, timed  # noqa: E402
+from _speed import CPU, PYTHON, load, median, row, runner_cmd, timed  # noqa: E402
 
 SCRIPT = textwrap.dedent("""
     import torch
@@ -47,16 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         d = Path(tmp)
         (d / "trivial.py").write_text(SCRIPT)
         (d / "trivial.yaml").write_text(SPEC)
-        bare, runner = [], []
+        bare, runner, bare_cpu, runner_cpu = [], [], [], []
         print(f"before: {load()}", flush=True)
         for i in range(ns.repeats):
             bare.append(timed([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                                str(d / "trivial.py")], cwd=d))
+            bare_cpu.append(CPU[-1])
             runner.append(timed(runner_cmd("run", str(d / "trivial.yaml"), "--results-dir", str(d / f"r{i}"),
                                            "--platform", "cpu")))
+            runner_cpu.append(CPU[-1])
             print(f"  run {i + 1}: bare {bare[-1]:.2f} s, runner {runner[-1]:.2f} s", flush=True)
         print(f"after: {load()}")
         print(row("trivial 2-rank case, cold", runner, bare, "runner", "bare torchrun"))
+        print(f"CPU seconds (all processes, user + system), medians: runner {median(runner_cpu):.2f}, bare "
+              f"{median(bare_cpu):.2f}, ratio {median(runner_cpu) / median(bare_cpu):.3f}")
     return 0
 
 

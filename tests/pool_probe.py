@@ -6,6 +6,7 @@
   dtype, grad mode, the environment and cwd, no extra process groups) and do one all-reduce;
   ``compare`` fails naming any fact that differs from a fresh process's.
 * ``dirty``  — like ``check``, then leave every one of those facts changed (and a new group).
+* ``destroy`` — destroy the default process group (legal, but a pool cannot go on after it).
 * ``crash``  — rank 1 raises ``RuntimeError("planted crash")``; the others wait in a barrier.
 * ``die``    — rank 1 ends with ``os._exit(7)`` (no completion record).
 * ``hang``   — rank 1 sleeps forever; the others wait in a barrier.
@@ -70,6 +71,8 @@ def entry(ctx) -> None:
         os.environ[LEAK_VAR] = "leaked"
         os.chdir("/")
         dist.new_group(list(range(dist.get_world_size())))
+    elif action == "destroy":
+        dist.destroy_process_group()
     elif action in ("crash", "die", "hang"):
         if ctx.rank == 1:
             if action == "crash":
@@ -85,7 +88,7 @@ class PoolProbeKind(CaseKind):
     id = "pool_probe"
     description = "test kind: records what a rank sees, or crashes/dies/hangs on purpose"
     args_schema = {"type": "object", "additionalProperties": False, "required": ["action"],
-                   "properties": {"action": {"enum": ["check", "dirty", "crash", "die", "hang"]}}}
+                   "properties": {"action": {"enum": ["check", "dirty", "destroy", "crash", "die", "hang"]}}}
     poolable = True
 
     def plan(self, case: Case) -> Sequence[LaunchPlan]:

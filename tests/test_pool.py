@@ -20,6 +20,8 @@ SEQUENCE = [
     ("first", "check", 300),
     ("dirty", "dirty", 300),
     ("after_dirty", "check", 300),
+    ("destroy", "destroy", 300),
+    ("after_destroy", "check", 300),
     ("crash", "crash", 300),
     ("after_crash", "check", 300),
     ("die", "die", 300),
@@ -27,7 +29,8 @@ SEQUENCE = [
     ("hang", "hang", 20),
     ("after_hang", "check", 300),
 ]
-EXPECTED = {"first": "PASSED", "dirty": "PASSED", "after_dirty": "PASSED", "crash": "ERROR",
+EXPECTED = {"first": "PASSED", "dirty": "PASSED", "after_dirty": "PASSED", "destroy": "PASSED",
+            "after_destroy": "PASSED", "crash": "ERROR",
             "after_crash": "PASSED", "die": "ERROR", "after_die": "PASSED", "hang": "TIMEOUT",
             "after_hang": "PASSED"}
 
@@ -65,9 +68,13 @@ def test_pool_isolates_cases_and_survives_crash_death_and_hang(tmp_path: Path) -
     assert cases["after_dirty"]["verdict"] == "PASSED", cases["after_dirty"]["detail"]
     # ... in the same ranks: the pool was reused
     assert pids(cases["first"]) == pids(cases["dirty"]) == pids(cases["after_dirty"])
+    # a pool that cannot go on after a case (default group destroyed) ends; the next case,
+    # dispatched before that was known, runs again on a fresh pool instead of being blamed
+    assert pids(cases["destroy"]) == pids(cases["first"])
+    assert pids(cases["after_destroy"]).isdisjoint(pids(cases["destroy"]))
     # each failure cost only its own case; the next one ran in a fresh pool
     assert "rank 1: RuntimeError: planted crash" in cases["crash"]["detail"]
-    assert pids(cases["after_crash"]).isdisjoint(pids(cases["after_dirty"]))
+    assert pids(cases["after_crash"]).isdisjoint(pids(cases["after_destroy"]))
     # a rank that died without a record: torchrun's account of it is in the case's launcher log
     die_dir = Path(cases["die"]["launches"][0]["results_dir"])
     assert "exitcode  : 7" in (die_dir / "logs" / "launcher.log").read_text()

@@ -26,6 +26,7 @@ def run(tmp_path: Path, name: str, *extra: str) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)   # the unpooled run is 21 fresh 4-rank launches
 def test_unit_suite_and_planted_faults_have_the_same_verdicts_pooled_and_unpooled(tmp_path: Path) -> None:
     (tmp_path / "faults.yaml").write_text(json.dumps({
         "defaults": {"kind": "a2a_overlap", "timeout": 300, "resources": {"nodes": 1, "nproc_per_node": 4},

@@ -169,7 +169,8 @@ class PoolingBackend(Backend):
                 pool, since = item
                 if states.get(pool.handle.id, JobState(True)).done:
                     self._stopping.remove(item)
-                    self.pools.remove(pool)
+                    if pool in self.pools:
+                        self.pools.remove(pool)
                     self.inner.collect(pool.handle)
                 elif now - since > STOP_WAIT_S and pool.handle.cancel_reason is None:
                     self.inner.cancel(pool.handle, "interrupt")
@@ -241,7 +242,9 @@ class PoolingBackend(Backend):
 
     def _retry(self, h: Handle) -> None:
         h.data["restarts"] += 1
-        shutil.rmtree(Path(h.launch.results_dir) / "logs", ignore_errors=True)
+        for item in Path(h.launch.results_dir).iterdir():   # what the gone pool's ranks began
+            if item.name != "launch.json":
+                shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
         if h.data["restarts"] == 1:
             self._dispatch(self._start_pool(h.launch), h)
             return
