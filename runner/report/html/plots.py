@@ -98,6 +98,9 @@ def heatmap_svg(hm: Heatmap) -> str:
     fig, ax = plt.subplots(figsize=(width, height))
     img = ax.imshow(hm.cells, cmap="inferno", aspect="auto", interpolation="nearest")
     ax.grid(False)
+    if rows == 1:
+        ax.set_yticks([])
+    ax.set_xlabel("element" if rows == 1 else "column (flattened trailing dims)", fontsize=7)
     fig.colorbar(img, ax=ax, label="|difference|")
     block = "" if hm.block == (1, 1) else f", cells = max of {hm.block[0]}x{hm.block[1]}"
     ax.set_title(f"{hm.key} (rank {hm.rank}, shape {list(hm.shape)}{block})", fontsize=8)
