@@ -293,8 +293,11 @@ def _suspects(refs: list[Any], te: list[Any], ta: list[Any], out: list[TensorMis
         elif not torch.equal(_bytes_view(e, torch), _bytes_view(ta[i], torch)):
             found.append(i)
     for idx in small.values():
-        es = [te[i] if len(se[i]) == 1 else te[i].reshape(-1) for i in idx]
-        as_ = [ta[i] if len(se[i]) == 1 else ta[i].reshape(-1) for i in idx]
+        if set(map(len, map(se.__getitem__, idx))) == {1}:   # all 1-D: no reshape per tensor
+            es, as_ = list(map(te.__getitem__, idx)), list(map(ta.__getitem__, idx))
+        else:
+            es = [te[i].reshape(-1) for i in idx]
+            as_ = [ta[i].reshape(-1) for i in idx]
         try:
             same = torch.equal(_bytes_view(torch.cat(es), torch), _bytes_view(torch.cat(as_), torch))
         except RuntimeError:   # e.g. tensors on different devices: one by one
@@ -321,10 +324,19 @@ def _signature(value: Any, tensors: list[Any], sig: list[Any], tensor: type) -> 
         sig.append(None)
     elif isinstance(value, dict) or isinstance(value, Mapping):
         keys = _ordered_keys(value)
+        items = [value[k] for k in keys]
+        if set(map(type, items)) == {tensor}:   # the common leaf level: only tensors, no calls per item
+            sig.append(("dict of tensors", tuple(keys)))
+            tensors.extend(items)
+            return
         sig.append(("dict", tuple(keys)))
-        for k in keys:
-            _signature(value[k], tensors, sig, tensor)
+        for v in items:
+            _signature(v, tensors, sig, tensor)
     elif isinstance(value, (list, tuple)):
+        if value and set(map(type, value)) == {tensor}:
+            sig.append((type(value).__name__ + " of tensors", len(value)))
+            tensors.extend(value)
+            return
         sig.append((type(value).__name__, len(value)))
         for v in value:
             _signature(v, tensors, sig, tensor)

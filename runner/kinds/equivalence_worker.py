@@ -125,5 +125,5 @@ def run(ctx) -> None:
     except Skip as skip:
         ctx.record("equivalence_skip", skip.reason)
         return
-    ctx.record("time_reference_s", t1 - t0)
-    ctx.record("time_candidate_s", t3 - t2)
+    ctx.record("equivalence_time_reference_s", t1 - t0)
+    ctx.record("equivalence_time_candidate_s", t3 - t2)

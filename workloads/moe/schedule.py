@@ -26,13 +26,12 @@ all-to-all launched records the compute nodes that ran while it was in flight
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from workloads.moe import faults
-from workloads.moe.dispatcher import Communicator, Pending, Routing
+from workloads.moe.dispatcher import Pending, Routing
 from workloads.moe.model import ModelChunk, TransformerLayer, combine_post, mlp, pre_dispatch
 from workloads.moe.nodes import ComputeNode, InFlight, NodeCall, ScheduleContext
 
