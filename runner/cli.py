@@ -188,6 +188,8 @@ def cmd_show(ns: argparse.Namespace) -> int:
     case = matches[0]
     backend = _backend(session)
     print(json.dumps(case.to_json(), indent=2, default=str))
+    for line in session.plugins.kind(case.kind).describe(case):
+        print(line)
     for launch in session.plan(case):
         rendered = backend.render(launch)
         print(f"\n# launch '{launch.name}' on {backend.id}: {launch.world_size} ranks "

@@ -1,4 +1,4 @@
-"""Helpers for the MoE tests: run ``workloads.moe.worker:run`` through the real worker
+"""Helpers for the MoE tests: run the a2a_overlap kind's equivalence launch through the real worker
 protocol (a Launch record in launch.json, ``python -m runner.worker`` under torchrun with
 gloo), and start small gloo process groups for in-process schedule tests."""
 from __future__ import annotations
@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_launch(results_dir: Path, args: Mapping[str, Any], world_size: int, *, timeout: float = 120.0) -> Launch:
+    """The launch the a2a_overlap kind plans for ``args`` (an equivalence launch)."""
+    from workloads.moe.kind import A2AOverlapKind
+
+    (plan,) = A2AOverlapKind().plan(make_case(args, world_size))
     return Launch(case_id=f"test::{results_dir.name}", name="main", kind="a2a_overlap",
-                  entry="workloads.moe.worker:run", args=dict(args), nodes=1, nproc_per_node=world_size,
+                  entry=plan.entry, args=dict(plan.args), nodes=1, nproc_per_node=world_size,
                   gpus_per_node=0, env={}, timeout=timeout, results_dir=str(results_dir),
                   job_name=results_dir.name.lower()[:63], platform="cpu")
 

@@ -107,3 +107,28 @@ def test_a_rank_receiving_no_tokens(tmp_path: Path) -> None:
     assert all(r["input_splits"][1] == 0 for r in results)
     for rank, r in enumerate(results):
         assert r["routed_ok"] and r["returned_ok"] and r["grad_ok"] and r["async_ok"], (rank, r)
+
+
+def _poisoned(rank: int, world: int, payload: dict) -> dict:
+    import torch
+
+    from workloads.moe.dispatcher import Communicator
+
+    inp = torch.full((4, 3), float(rank + 1))
+    comm = Communicator(torch.device("cpu"), poison=payload["poison"])
+    pending = comm.all_to_all(inp, [2] * world, [2] * world)
+    import time
+
+    time.sleep(0.2)                       # the all-to-all has long completed by now
+    before = pending.peek().clone()       # what a missed wait reads
+    after = pending.wait()
+    return {"before_nan": bool(torch.isnan(before).all()), "after": after[:, 0].tolist()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("poison", [True, False])
+def test_poison_mode_receive_buffer_holds_nan_until_the_wait(tmp_path: Path, poison: bool) -> None:
+    results = spawn(_poisoned, 2, tmp_path, {"poison": poison})
+    for r in results:
+        assert r["after"] == [1.0, 1.0, 2.0, 2.0]          # the rows land at the wait
+        assert r["before_nan"] is poison                  # without poison the buffer was already filled

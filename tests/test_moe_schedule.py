@@ -84,10 +84,13 @@ def test_overlapped_schedule_is_bitwise_equal_to_reference(reports: list[dict], 
 
 # -- execution order ---------------------------------------------------------------------------
 FORWARD_ALONE = ["f.pre_dispatch.forward", "f.dispatch.forward", "f.mlp.forward", "f.combine.forward"]
-BACKWARD_ALONE = ["b.combine.backward", "b.mlp.backward", "b.dispatch.backward", "b.pre_dispatch.backward"]
-# the contract (DESIGN.md): forward of microbatch i interleaved with backward of microbatch i-1
+BACKWARD_ALONE = ["b.combine.backward", "b.mlp.backward", "b.mlp.backward_dw", "b.dispatch.backward",
+                  "b.pre_dispatch.backward"]
+# the contract (Megatron's TransformerLayerSchedulePlan.run): forward of microbatch i interleaved
+# with backward of microbatch i-1; the mlp backward split into dgrad and wgrad (backward_dw) so
+# that the forward dispatch all-to-all is in flight while the expert weight gradients are computed
 STEP = ["b.combine.backward", "f.pre_dispatch.forward", "b.mlp.backward", "f.dispatch.forward",
-        "b.dispatch.backward", "f.mlp.forward", "f.combine.forward", "b.pre_dispatch.backward"]
+        "b.mlp.backward_dw", "b.dispatch.backward", "f.mlp.forward", "f.combine.forward", "b.pre_dispatch.backward"]
 
 
 def _names(trace: list) -> list[str]:
@@ -105,9 +108,9 @@ def test_layer_level_node_order_is_the_documented_one(reports: list[dict], varia
         mbs = [(role, mb) for role, _, _, mb, *_ in trace]
         assert mbs[:4] == [("f", 0)] * 4
         for i in range(1, MICROBATCHES):
-            step = mbs[4 + 8 * (i - 1): 4 + 8 * i]
+            step = mbs[4 + 9 * (i - 1): 4 + 9 * i]
             assert all(mb == (i if role == "f" else i - 1) for role, mb in step), step
-        assert mbs[-4:] == [("b", MICROBATCHES - 1)] * 4
+        assert mbs[-5:] == [("b", MICROBATCHES - 1)] * 5
 
 
 def _layer_step(f_layer, b_layer):
@@ -171,6 +174,25 @@ def test_expected_chunk_trace_pairs_forward_first_with_backward_last() -> None:
     step = [t for t in trace if (t[0] == "f" and t[3] == (1, 0)) or (t[0] == "b" and t[3] == (0, 1))]
     assert step[0] == ("b", "post_process", "backward", (0, 1), None)
     assert step[1] == ("f", "pre_process", "forward", (1, 0), None)
-    assert [t[4] for t in step[2:10]] == [0, 0, 0, 0, 0, 0, 0, 0]   # f.L0 with b.L0 (its last)
-    assert [t[1] for t in step[10:14]] == ["pre_dispatch", "dispatch", "mlp", "combine"]
-    assert {t[4] for t in step[10:14]} == {1}                        # f.L1 alone
+    assert [t[4] for t in step[2:11]] == [0] * 9                      # f.L0 with b.L0 (its last)
+    assert [t[1] for t in step[11:15]] == ["pre_dispatch", "dispatch", "mlp", "combine"]
+    assert {t[4] for t in step[11:15]} == {1}                        # f.L1 alone
+
+
+def _label(t: tuple) -> str:
+    role, node, phase, (mb, chunk), layer = t
+    return f"{role}.{node}.{phase} mb{mb} c{chunk}" + (f" l{layer}" if layer is not None else "")
+
+
+@pytest.mark.parametrize("layers", [[2, 1], [1, 2], [1, 1], [3]])
+def test_the_verdicts_documented_order_is_the_contract(layers: list[int]) -> None:
+    """workloads.moe.order (what the a2a verdict checks against) agrees with the order
+    written out here from the contract."""
+    from workloads.moe.order import documented_order
+
+    assert documented_order("chunk", 3, layers) == [_label(t) for t in _expected_chunk_trace(layers, 3)]
+    layer = [f"{n} mb0 c0 l0" for n in FORWARD_ALONE]
+    for i in range(1, 3):
+        layer += [f"{n} mb{i if n.startswith('f.') else i - 1} c0 l0" for n in STEP]
+    layer += [f"{n} mb2 c0 l0" for n in BACKWARD_ALONE]
+    assert documented_order("layer", 3) == layer

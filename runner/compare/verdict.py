@@ -42,6 +42,9 @@ def decide(session: Any, case: Case, outcomes: Sequence[LaunchOutcome], *, backe
     failed = [c for c in checks if not c.passed]
     if not checks:
         verdict, detail = Verdict.ERROR, "the case kind made no checks"
+    elif all(c.skipped for c in checks):   # e.g. the ranks found the case cannot run here
+        return CaseResult(case, Verdict.SKIPPED, checks[0].detail or checks[0].name, duration, backend,
+                          tuple(outcomes), tuple(checks), info)
     elif failed:
         verdict, detail = Verdict.FAILED, failed[0].detail or failed[0].name
         if len(failed) > 1:

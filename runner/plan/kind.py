@@ -61,6 +61,10 @@ class CaseKind(abc.ABC):
         """Extra facts for the report (e.g. the overlapped/reference time ratio)."""
         return {}
 
+    def describe(self, case: Case) -> Sequence[str]:
+        """Lines ``runner show`` prints about the case besides its JSON (e.g. resolved functions)."""
+        return ()
+
 
 @dataclass(frozen=True)
 class CompareContext:

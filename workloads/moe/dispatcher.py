@@ -120,9 +120,10 @@ class Pending:
 
     def __init__(self, value: torch.Tensor | None, *, work=None, event=None, keep: tuple = (),
                  finish: Callable[[torch.Tensor | None], object] | None = None,
-                 on_wait: Callable[[], None] | None = None) -> None:
+                 on_wait: Callable[[], None] | None = None, land: Callable[[], None] | None = None) -> None:
         self._value, self._work, self._event, self._keep = value, work, event, keep
-        self._finish, self._on_wait = finish, on_wait
+        self._finish, self._land = finish, land
+        self._on_wait: list[Callable[[], None]] = [on_wait] if on_wait is not None else []
         self._done = work is None and event is None and finish is None
         self._result: object = value
 
@@ -136,6 +137,10 @@ class Pending:
     def done(self) -> bool:
         return self._done
 
+    def add_on_wait(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when the value is first waited for (e.g. to close an in-flight record)."""
+        self._on_wait.append(fn)
+
     def peek(self) -> torch.Tensor | None:
         """The buffer as it is now, without waiting (what a missing wait would read)."""
         return self._value
@@ -143,8 +148,8 @@ class Pending:
     def wait(self):
         if self._done:
             return self._result
-        if self._on_wait is not None:
-            self._on_wait()
+        for fn in self._on_wait:
+            fn()
         if self._work is not None:
             self._work.wait()
         if self._event is not None:
@@ -152,36 +157,66 @@ class Pending:
             stream.wait_event(self._event)
             if self._value is not None:
                 self._value.record_stream(stream)
+        if self._land is not None:
+            self._land()   # poison mode: the received rows land in the visible buffer only now
         self._result = self._finish(self._value) if self._finish is not None else self._value
         self._done, self._keep, self._work, self._event = True, (), None, None
         return self._result
 
 
-class Communicator:
-    """Launches all-to-alls asynchronously: gloo async work on CPU, a comm stream on GPU."""
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill with values no correct computation produces: NaN for floats, the max for ints."""
+    if t.is_floating_point() or t.is_complex():
+        return t.fill_(float("nan"))
+    return t.fill_(torch.iinfo(t.dtype).max if t.dtype != torch.bool else True)
 
-    def __init__(self, device: torch.device, group=None) -> None:
-        self.device, self.group = device, group
+
+class Communicator:
+    """Launches all-to-alls asynchronously: gloo async work on CPU, a comm stream on GPU.
+
+    ``poison=True`` is a debug mode for missed waits: the rows are received into a private
+    buffer, the buffer the caller sees is filled with NaN (ints: their max) and the received
+    rows land in it only inside ``Pending.wait()`` — completion is delayed to the wait. Code
+    that reads a receive buffer without waiting reads poison every time, however fast the
+    all-to-all was, instead of by chance.
+    """
+
+    def __init__(self, device: torch.device, group=None, *, poison: bool = False) -> None:
+        self.device, self.group, self.poison = device, group, poison
         self.stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
+
+    def _visible(self, scratch: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None] | None]:
+        if not self.poison:
+            return scratch, None
+        visible = poison_(torch.empty_like(scratch))
+
+        def land() -> None:
+            visible.copy_(scratch)
+
+        return visible, land
 
     def all_to_all(self, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
                    finish: Callable[[torch.Tensor], object] | None = None) -> Pending:
         inp = inp.contiguous()
         shape = (sum(out_splits),) + tuple(inp.shape[1:])
         if self.stream is None:
-            out = inp.new_empty(shape)
-            work = _a2a(out, inp, out_splits, in_splits, self.group, async_op=True)
-            return Pending(out, work=work, keep=(inp,), finish=finish)
+            scratch = inp.new_empty(shape)
+            work = _a2a(scratch, inp, out_splits, in_splits, self.group, async_op=True)
+            out, land = self._visible(scratch)
+            return Pending(out, work=work, keep=(inp, scratch), finish=finish, land=land)
         compute = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(compute)  # the input was produced on the compute stream
         with torch.cuda.stream(self.stream):
-            out = inp.new_empty(shape)
-            work = _a2a(out, inp, out_splits, in_splits, self.group, async_op=True)
+            scratch = inp.new_empty(shape)
+            work = _a2a(scratch, inp, out_splits, in_splits, self.group, async_op=True)
             work.wait()  # the comm stream waits for the collective; the host does not
             event = torch.cuda.Event()
             event.record(self.stream)
         inp.record_stream(self.stream)
-        return Pending(out, event=event, keep=(inp,), finish=finish)
+        out, land = self._visible(scratch)   # on the compute stream: copied there after the event
+        if land is not None:
+            scratch.record_stream(compute)
+        return Pending(out, event=event, keep=(inp, scratch), finish=finish, land=land)
 
     def exchange_counts(self, routing: Routing, counts: torch.Tensor) -> Routing:
         if self.stream is None:

@@ -1,24 +1,31 @@
 """The ``a2a_overlap`` case kind: MoE all-to-all overlap equivalence under 1F1B.
 
-One launch per case (``workloads.moe.worker:run`` in every rank). The worker writes two
-captures per rank — ``reference`` (sequential forward/backward per microbatch) and
-``overlapped`` (the 1F1B schedule with asynchronous all-to-all) — and ``compare`` checks
-that they are bit-identical on every rank. The expert-parallel size is the world size.
+A configuration of the ``equivalence`` kind: one equivalence launch per case whose setup /
+reference / candidate are ``workloads.moe.worker:setup|reference|candidate`` (the sequential
+reference and the overlapped 1F1B schedule with asynchronous all-to-all), compared bitwise
+on every rank by the same comparison, with every parameter's gradient required and the
+candidate's node calls checked against the documented order (the reference's trace). The
+expert-parallel size is the world size.
 
 This module must import without torch (the CLI lists and validates without it).
 """
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from runner.errors import CaseError
 from runner.hookspecs import hookimpl
+from runner.kinds.equivalence import ENTRY as EQUIVALENCE_ENTRY
+from runner.kinds.equivalence_refs import parse_ref
 from runner.plan.kind import CaseKind, CompareContext, LaunchPlan
 from runner.records import Case, CheckResult, LaunchOutcome
 
-FAULT_NAMES = ("skip_weight_restore", "skip_zero_grad", "wrong_microbatch_grad")  # see workloads/moe/faults.py
+FAULT_NAMES = ("skip_weight_restore", "skip_zero_grad", "wrong_microbatch_grad", "swap_node_calls",
+               "skip_wait")  # see workloads/moe/faults.py
+#: faults of the equivalence kind's restore; the others are planted in the schedule
+KIND_FAULTS = ("skip_weight_restore", "skip_zero_grad")
+FUNCTIONS = {role: f"workloads.moe.worker:{role}" for role in ("setup", "reference", "candidate")}
 
 #: defaults of the optional args (also documented in the schema)
 DEFAULTS: dict[str, Any] = {
@@ -68,6 +75,9 @@ ARGS_SCHEMA: dict[str, Any] = {
                                   "test_schedule_chunk_1f1b does with differing layer counts"},
         "dtype": {"enum": ["float32", "bfloat16"], "default": "float32"},
         "seed": {"type": "integer", "minimum": 0, "default": 1234},
+        "poison_receive_buffers": {"type": "boolean", "default": False,
+                                   "description": "debug mode: every receive buffer holds NaN until its wait "
+                                                  "(the rows land only then), so a missed wait fails every time"},
         "inject_fault": {"enum": list(FAULT_NAMES),
                          "description": "FOR THE PROJECT'S OWN TESTS ONLY: plant a schedule bug so the "
                                         "comparison must fail (negative control); see workloads/moe/faults.py"},
@@ -107,41 +117,32 @@ class A2AOverlapKind(CaseKind):
         if args["dtype"] == "bfloat16" and words & NO_BF16_GPUS:
             raise CaseError("args.dtype", f"bfloat16 is not supported on platform '{case.platform}'")
 
+    def equivalence_args(self, case: Case) -> dict[str, Any]:
+        """The equivalence launch this case is: functions, params, seed, compare, expect."""
+        args = resolve_args(case.args)
+        params = {k: v for k, v in args.items() if k != "inject_fault"}
+        fault = args.get("inject_fault")
+        out: dict[str, Any] = {role: parse_ref(ref, case.spec_file).to_json() for role, ref in FUNCTIONS.items()}
+        if fault and fault not in KIND_FAULTS:
+            params["inject_fault"] = fault
+        out.update({"params": params, "seed": args["seed"], "deterministic": True,
+                    "compare": {"mode": "bitwise"}, "expect": {"grads": "all_parameters"}})
+        if fault in KIND_FAULTS:
+            out["inject_fault"] = fault
+        return out
+
     def plan(self, case: Case) -> Sequence[LaunchPlan]:
-        return [LaunchPlan("main", "workloads.moe.worker:run", dict(case.args))]
+        return [LaunchPlan("main", EQUIVALENCE_ENTRY, self.equivalence_args(case))]
+
+    def describe(self, case: Case) -> list[str]:
+        from runner.kinds.equivalence import describe_refs
+
+        return describe_refs({role: parse_ref(ref, case.spec_file) for role, ref in FUNCTIONS.items()})
 
     def compare(self, case: Case, outcomes: Sequence[LaunchOutcome], ctx: CompareContext) -> Sequence[CheckResult]:
-        from runner.compare.tensors import compare_tensor_trees, path_key
-        from runner.results import ResultsDir
+        from runner.kinds.equivalence_compare import CompareSpec, compare_launch
 
-        results = ResultsDir(outcomes[0].launch.results_dir)
-        ranks = sorted(set(range(outcomes[0].launch.world_size)) | set(results.capture_ranks("reference"))
-                       | set(results.capture_ranks("overlapped")))
-        checks: list[CheckResult] = []
-        for rank in ranks:
-            name = f"captures:rank{rank}"
-            missing = [c for c in ("reference", "overlapped") if not results.capture_file(c, rank).is_file()]
-            if missing:
-                checks.append(CheckResult(name, False, f"rank {rank}: capture '{missing[0]}' is missing "
-                                                       f"({results.capture_file(missing[0], rank)})",
-                                          data={"rank": rank, "missing": missing}))
-                continue
-            ref = results.load_capture("reference", rank)
-            ovl = results.load_capture("overlapped", rank)
-            mismatches = [replace(m, key=path_key(m.key)) for m in compare_tensor_trees(ref, ovl, bitwise=True)]
-            if not mismatches:
-                checks.append(CheckResult(name, True, f"rank {rank}: {len(ref)} tensors bit-identical",
-                                          data={"rank": rank, "tensors": len(ref)}))
-                continue
-            detail = f"rank {rank}: {mismatches[0].describe()}"
-            if len(mismatches) > 1:
-                detail += f" (+{len(mismatches) - 1} more differing tensors)"
-            checks.append(CheckResult(name, False, detail, data={
-                "rank": rank,
-                "mismatches": [{"key": m.key, "reason": m.reason, "count": m.count, "numel": m.numel,
-                                "max_abs_diff": m.max_abs_diff, "index": list(m.index)} for m in mismatches],
-            }))
-        return checks
+        return compare_launch(outcomes[0], CompareSpec(expect_grads=True))
 
     def info(self, case: Case, outcomes: Sequence[LaunchOutcome]) -> Mapping[str, Any]:
         from runner.results import ResultsDir
@@ -149,6 +150,7 @@ class A2AOverlapKind(CaseKind):
         if not outcomes:
             return {}
         per_rank = ResultsDir(outcomes[0].launch.results_dir).info()
+        overlap = in_flight_summary(per_rank.get(0, {}).get("a2a_in_flight") or [])
         ratios, refs, ovls = [], [], []
         for rec in per_rank.values():
             ref, ovl = rec.get("time_reference_s"), rec.get("time_overlapped_s")
@@ -163,7 +165,32 @@ class A2AOverlapKind(CaseKind):
         return {"overlap_ratio": round(ratio, 4),
                 "time_reference_s": round(ref, 6),
                 "time_overlapped_s": round(ovl, 6),
-                "summary": f"bit-identical; overlapped/reference time {ratio:.2f} ({ovl * 1e3:.0f} ms / {ref * 1e3:.0f} ms)"}
+                "a2a_in_flight": overlap,
+                "summary": f"bit-identical, node order as documented; {overlap['text']}; overlapped/reference time "
+                           f"{ratio:.2f} ({ovl * 1e3:.0f} ms / {ref * 1e3:.0f} ms)"}
+
+
+def in_flight_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Which all-to-alls (rank 0) had compute in flight, per launching node."""
+    per_node: dict[str, list[int]] = {}
+    overlapped_with: dict[str, set[str]] = {}
+    for rec in records:
+        node = str(rec.get("a2a", "")).split(" ")[0]
+        compute = [str(c).split(" ")[0] for c in rec.get("compute") or []]
+        counts = per_node.setdefault(node, [0, 0])
+        counts[1] += 1
+        if compute:
+            counts[0] += 1
+            overlapped_with.setdefault(node, set()).update(compute)
+    total = sum(c[1] for c in per_node.values())
+    busy = sum(c[0] for c in per_node.values())
+    text = f"{busy} of {total} all-to-alls had compute in flight" if total else "no all-to-all (dense)"
+    fwd = per_node.get("f.dispatch.forward")
+    if fwd:
+        text += (f" (forward dispatch {fwd[0]} of {fwd[1]}, with "
+                 + ", ".join(sorted(overlapped_with.get("f.dispatch.forward", ()))) + ")")
+    return {"text": text, "nodes": {k: {"with_compute": v[0], "total": v[1],
+                                        "compute": sorted(overlapped_with.get(k, ()))} for k, v in per_node.items()}}
 
 
 @hookimpl

@@ -7,87 +7,36 @@ stored state. Communication nodes (dispatch, combine) launch all-to-alls asynchr
 (``Communicator``) and return ``Pending`` results; the node that consumes a result waits
 for it — that wait is the only ordering inside a step.
 
-The step order (the contract, see DESIGN.md) for forward of microbatch i and backward of
-microbatch i-1::
+The step order for forward of microbatch i and backward of microbatch i-1 is Megatron's
+(written out in ``workloads.moe.order``, which the verdict checks the trace against)::
 
-    b.combine.backward   f.pre_dispatch.forward   b.mlp.backward   f.dispatch.forward
-    b.dispatch.backward  f.mlp.forward            f.combine.forward b.pre_dispatch.backward
+    b.combine.backward   f.pre_dispatch.forward   b.mlp.backward (input grads)
+    f.dispatch.forward   b.mlp.backward_dw (weight grads)   b.dispatch.backward
+    f.mlp.forward        f.combine.forward        b.pre_dispatch.backward
 
-The combine node's post-processing (unpermute, probability weighting, residual) belongs
-to the combine node and runs when its output is first waited for.
+The mlp node's backward is split (dgrad / wgrad): ``b.mlp.backward`` computes only the
+gradients its inputs need, so ``b.dispatch.backward`` can send them; the expert weight
+gradients follow in ``b.mlp.backward_dw`` while the forward dispatch all-to-all is in flight.
+The combine node's post-processing (unpermute, probability weighting, residual) belongs to
+the combine node and runs when its output is first waited for.
 
-Every node call is appended to ``ScheduleContext.trace`` as a ``NodeCall`` so tests can
-assert the exact execution order.
+Every node call is appended to ``ScheduleContext.trace`` as a ``NodeCall``; every
+all-to-all launched records the compute nodes that ran while it was in flight
+(``ScheduleContext.in_flight``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 
 from workloads.moe import faults
-from workloads.moe.dispatcher import Communicator, Pending, Routing
+from workloads.moe.dispatcher import Pending, Routing
 from workloads.moe.model import ModelChunk, TransformerLayer, combine_post, mlp, pre_dispatch
+from workloads.moe.nodes import ComputeNode, InFlight, NodeCall, ScheduleContext
 
-
-@dataclass(frozen=True)
-class NodeCall:
-    role: str            # "f" (forward unit) or "b" (backward unit)
-    node: str            # pre_dispatch, dispatch, mlp, combine, pre_process, post_process
-    phase: str           # forward | backward
-    microbatch: int
-    chunk: int = 0
-    layer: int | None = None
-
-    @property
-    def name(self) -> str:
-        """e.g. 'b.combine.backward' — the names of the documented order."""
-        return f"{self.role}.{self.node}.{self.phase}"
-
-
-@dataclass
-class ScheduleContext:
-    comm: Communicator
-    fault: str | None = None
-    trace: list[NodeCall] = field(default_factory=list)
-    #: fault support: the last dispatch-backward gradient seen per layer (see faults.py)
-    last_grads: dict[Any, torch.Tensor] = field(default_factory=dict)
-
-
-class ComputeNode:
-    """A compute node: ``forward`` runs ``fn`` on detached leaves and keeps its outputs;
-    ``backward`` runs autograd from them and returns the inputs' gradients."""
-
-    def __init__(self, fn: Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]) -> None:
-        self.fn = fn
-        self._inputs: dict[str, torch.Tensor] = {}
-        self._outputs: dict[str, torch.Tensor] = {}
-
-    def forward(self, inputs: Mapping[str, torch.Tensor], *, no_grad: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-        leaves = {}
-        for k, v in inputs.items():
-            leaf = v.detach()
-            if leaf.is_floating_point() and k not in no_grad:
-                leaf.requires_grad_(True)
-            leaves[k] = leaf
-        with torch.enable_grad():
-            outputs = dict(self.fn(leaves))
-        self._inputs, self._outputs = leaves, outputs
-        return {k: v.detach() for k, v in outputs.items()}
-
-    def backward(self, grads: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
-        outs, gs = [], []
-        for k, g in grads.items():
-            out = self._outputs[k]
-            if g is not None and out.requires_grad:
-                outs.append(out)
-                gs.append(g)
-        if outs:
-            torch.autograd.backward(outs, gs)
-        in_grads = {k: leaf.grad for k, leaf in self._inputs.items() if leaf.requires_grad}
-        self._inputs, self._outputs = {}, {}   # release the node's state
-        return in_grads
+__all__ = ["ChunkSchedulePlan", "ComputeNode", "InFlight", "LayerSchedulePlan", "NodeCall", "ScheduleContext",
+           "chunk_1f1b", "layer_1f1b", "run_chunk_schedule", "run_layer_schedule"]
 
 
 class LayerSchedulePlan:
@@ -122,8 +71,20 @@ class LayerSchedulePlan:
     def _post_fn(self, d):
         return {"out": combine_post(self.layer, d, self.routing)}
 
-    def _log(self, role: str, node: str, phase: str) -> None:
-        self.sctx.trace.append(NodeCall(role, node, phase, self.mb, self.chunk, self.index))
+    def _log(self, role: str, node: str, phase: str) -> NodeCall:
+        call = NodeCall(role, node, phase, self.mb, self.chunk, self.index)
+        self.sctx.note(call)
+        return call
+
+    def _mlp_weights(self) -> list[torch.Tensor]:
+        """The parameters the mlp node uses (not the router: that is pre_dispatch's)."""
+        m = self.layer.mlp
+        if not self.moe:
+            return list(m.parameters())
+        out = list(m.experts.parameters())
+        if m.shared_expert is not None:
+            out += list(m.shared_expert.parameters())
+        return out
 
     # -- forward nodes ----------------------------------------------------------------------------
     def pre_dispatch_forward(self, x: Pending) -> None:
@@ -132,19 +93,23 @@ class LayerSchedulePlan:
         self._pre = self._pre_node.forward({"x": x.wait()}, no_grad=no_grad)
 
     def dispatch_forward(self) -> None:
-        self._log("f", "dispatch", "forward")
+        call = self._log("f", "dispatch", "forward")
         if not self.moe:
             self._recv = Pending.ready(self._pre["tokens"])
             return
         comm = self.sctx.comm
         assert self.routing is not None and self._counts is not None
         self.routing = comm.exchange_counts(self.routing, self._counts)
-        self._recv = comm.all_to_all(self._pre["rows"], self.routing.output_splits, self.routing.input_splits)
+        self._recv = self.sctx.track(
+            comm.all_to_all(self._pre["rows"], self.routing.output_splits, self.routing.input_splits), call)
 
     def mlp_forward(self) -> None:
         self._log("f", "mlp", "forward")
         assert self._recv is not None
-        received = self._recv.wait()
+        if self.sctx.fault == faults.SKIP_WAIT and self.moe:
+            received = self._recv.peek()   # the planted bug: reads the buffer without waiting
+        else:
+            received = self._recv.wait()
         inputs = {"tokens": received} if not self.moe else {"recv_rows": received}
         if "shared_in" in self._pre:
             inputs["shared_in"] = self._pre["shared_in"]
@@ -152,7 +117,7 @@ class LayerSchedulePlan:
         self._recv = None
 
     def combine_forward(self) -> Pending:
-        self._log("f", "combine", "forward")
+        call = self._log("f", "combine", "forward")
         post_in = {"residual": self._pre["residual"]}
         if not self.moe:
             post_in["mlp_out"] = self._mid["mlp_out"]
@@ -165,19 +130,19 @@ class LayerSchedulePlan:
         def finish(back_rows: torch.Tensor) -> torch.Tensor:
             return self._post_node.forward({**post_in, "back_rows": back_rows})["out"]
 
-        return self.sctx.comm.all_to_all(self._mid["expert_rows"], self.routing.input_splits,
-                                         self.routing.output_splits, finish=finish)
+        return self.sctx.track(self.sctx.comm.all_to_all(self._mid["expert_rows"], self.routing.input_splits,
+                                                         self.routing.output_splits, finish=finish), call)
 
     # -- backward nodes ---------------------------------------------------------------------------
     def combine_backward(self, grad_out: Pending) -> None:
-        self._log("b", "combine", "backward")
+        call = self._log("b", "combine", "backward")
         self._g_post = self._post_node.backward({"out": grad_out.wait()})
         if not self.moe:
             self._g_expert_rows = Pending.ready(None)
             return
         assert self.routing is not None
-        self._g_expert_rows = self.sctx.comm.all_to_all(
-            self._g_post["back_rows"], self.routing.output_splits, self.routing.input_splits)
+        self._g_expert_rows = self.sctx.track(self.sctx.comm.all_to_all(
+            self._g_post["back_rows"], self.routing.output_splits, self.routing.input_splits), call)
 
     def mlp_backward(self) -> None:
         self._log("b", "mlp", "backward")
@@ -189,17 +154,21 @@ class LayerSchedulePlan:
             grads = {"expert_rows": self._g_expert_rows.wait()}
             if "shared_out" in self._g_post:
                 grads["shared_out"] = self._g_post["shared_out"]
-        self._g_mid = self._mlp_node.backward(grads)
+        self._g_mid = self._mlp_node.backward(grads, weights=self._mlp_weights())
         self._g_expert_rows = None
 
+    def mlp_backward_dw(self) -> None:
+        self._log("b", "mlp", "backward_dw")
+        self._mlp_node.backward_dw()
+
     def dispatch_backward(self) -> None:
-        self._log("b", "dispatch", "backward")
+        call = self._log("b", "dispatch", "backward")
         if not self.moe:
             self._g_rows = Pending.ready(self._g_mid["tokens"])
             return
         assert self.routing is not None
-        self._g_rows = self.sctx.comm.all_to_all(self._g_mid["recv_rows"], self.routing.input_splits,
-                                                 self.routing.output_splits)
+        self._g_rows = self.sctx.track(self.sctx.comm.all_to_all(self._g_mid["recv_rows"], self.routing.input_splits,
+                                                                 self.routing.output_splits), call)
 
     def pre_dispatch_backward(self) -> Pending:
         self._log("b", "pre_dispatch", "backward")
@@ -225,6 +194,7 @@ def layer_1f1b(f: LayerSchedulePlan | None, b: LayerSchedulePlan | None,
     """One overlapped step of a layer pair: forward of ``f`` with backward of ``b`` in the
     documented order. Returns (f's output, b's input gradient); either side may be absent."""
     f_out, b_gin = f_input, b_grad
+    fault = (f or b).sctx.fault if (f or b) is not None else None
     if b is not None:
         b.combine_backward(b_grad)
     if f is not None:
@@ -234,7 +204,12 @@ def layer_1f1b(f: LayerSchedulePlan | None, b: LayerSchedulePlan | None,
     if f is not None:
         f.dispatch_forward()
     if b is not None:
-        b.dispatch_backward()
+        if fault == faults.SWAP_NODE_CALLS:   # the planted bug: two node calls swapped
+            b.dispatch_backward()
+            b.mlp_backward_dw()
+        else:
+            b.mlp_backward_dw()
+            b.dispatch_backward()
     if f is not None:
         f.mlp_forward()
         f_out = f.combine_forward()
@@ -283,7 +258,7 @@ class ChunkSchedulePlan:
         return self.chunk.output is not None
 
     def _log(self, role: str, node: str, phase: str) -> None:
-        self.sctx.trace.append(NodeCall(role, node, phase, self.mb, self.c, None))
+        self.sctx.note(NodeCall(role, node, phase, self.mb, self.c, None))
 
     def pre_process_forward(self, x: Pending) -> Pending:
         if not self.first:

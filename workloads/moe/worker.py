@@ -1,11 +1,13 @@
-"""In-rank entry of the ``a2a_overlap`` kind: ``workloads.moe.worker:run``.
+"""The ``a2a_overlap`` workload as ``equivalence`` functions: ``setup`` / ``reference`` /
+``candidate`` (the kind plans an equivalence launch that calls them).
 
-Builds the model in deterministic mode, saves the initial weights, runs the sequential
-reference (per microbatch: forward, backward with a gradient of ones; gradients
-accumulate), then restores the weights, drops the gradients and runs the overlapped 1F1B
-schedule on the same inputs. Each run ends with an SGD step, as a training step would
-(so a run that forgot to restore the weights is caught). Both runs' outputs and parameter
-gradients are saved as captures ``reference`` and ``overlapped``; both wall times are recorded.
+``setup`` builds the model and the per-rank inputs; ``reference`` runs the sequential
+reference (per microbatch: forward, backward with a gradient of ones; gradients accumulate);
+``candidate`` runs the overlapped 1F1B schedule on the same inputs, after the equivalence
+kind restored the weights, dropped the gradients and reset the RNG. Each run ends with an
+SGD step, as a training step would (so a missing restore is caught). Captures: ``outputs``,
+``grads`` (every parameter) and ``trace`` (reference: the documented node order; candidate:
+the node calls it made). Wall times and the in-flight record go to the rank's info.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from workloads.common.determinism import deterministic
-from workloads.moe import faults
+from runner.equivalence import grads
 from workloads.moe.dispatcher import Communicator
+from workloads.moe.order import documented_order
 from workloads.moe.kind import resolve_args
 from workloads.moe.model import ChunkedModel, LayerModel, MoEConfig, chunk_reference_forward, layer_reference_forward
 from workloads.moe.schedule import ScheduleContext, run_chunk_schedule, run_layer_schedule
@@ -126,41 +128,53 @@ def timed(fn: Callable[[], dict[str, torch.Tensor]], device: torch.device) -> Ru
     return RunResult(outputs, time.perf_counter() - start)
 
 
-def run(ctx) -> None:
-    args = resolve_args(ctx.args)
-    ctx.init_distributed()
+# -- the equivalence adapters: setup / reference / candidate --------------------------------------
+@dataclass
+class A2AState:
+    """What setup builds once per rank; the equivalence kind restores ``model`` between runs."""
+
+    model: nn.Module
+    inputs: dict[str, list[torch.Tensor]]
+    args: dict[str, Any]
+    device: torch.device
+
+
+def setup(ctx, params: Mapping[str, Any]) -> A2AState:
+    args = resolve_args(params)
     device = ctx.device
-    rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = config_from_args(args, world)
+    cfg = config_from_args(args, dist.get_world_size())
     if cfg.dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise RuntimeError(f"bfloat16 is not supported on {torch.cuda.get_device_name(device)}")
-    fault = args.get("inject_fault")
-    with deterministic(cfg.seed):
-        model = build_model(cfg, args, rank, device)
-        inputs = make_inputs(cfg, args, rank, device)
-        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        comm = Communicator(device)
+    rank = dist.get_rank()
+    model = build_model(cfg, args, rank, device)
+    inputs = make_inputs(cfg, args, rank, device)
+    # untimed warm-up (thread pools, connections); leaves no trace in weights or grads
+    reference_run(model, inputs)
+    zero_grads(model)
+    return A2AState(model, inputs, args, device)
 
-        # untimed warm-up (thread pools, connections); leaves no trace in weights or grads
-        reference_run(model, inputs)
-        zero_grads(model)
 
-        ref = timed(lambda: reference_run(model, inputs), device)
-        ctx.save_capture("reference", {**ref.outputs, **grads_of(model)})
-        sgd_step(model)
-
-        if fault != faults.SKIP_WEIGHT_RESTORE:
-            model.load_state_dict(initial)
-        if fault != faults.SKIP_ZERO_GRAD:
-            zero_grads(model)
-
-        sctx = ScheduleContext(comm, fault=fault)
-        ovl = timed(lambda: overlapped_run(model, inputs, sctx), device)
-        ctx.save_capture("overlapped", {**ovl.outputs, **grads_of(model)})
-        sgd_step(model)
-
+def reference(ctx, state: A2AState) -> dict[str, Any]:
+    """The sequential run; its trace is the documented node order the candidate must follow.
+    Ends with an SGD step, as a training step would (so a missing restore is caught)."""
+    args = state.args
+    ref = timed(lambda: reference_run(state.model, state.inputs), state.device)
+    captures = {"outputs": ref.outputs, "grads": grads(state),
+                "trace": documented_order(args["level"], args["microbatches"], args.get("layers"))}
+    sgd_step(state.model)
     ctx.record("time_reference_s", ref.seconds)
+    return captures
+
+
+def candidate(ctx, state: A2AState) -> dict[str, Any]:
+    """The overlapped 1F1B schedule; records which all-to-alls had compute in flight."""
+    args = state.args
+    sctx = ScheduleContext(Communicator(state.device, poison=bool(args.get("poison_receive_buffers"))),
+                           fault=args.get("inject_fault"))
+    ovl = timed(lambda: overlapped_run(state.model, state.inputs, sctx), state.device)
+    captures = {"outputs": ovl.outputs, "grads": grads(state), "trace": [c.label for c in sctx.trace]}
+    sgd_step(state.model)
     ctx.record("time_overlapped_s", ovl.seconds)
-    ctx.record("schedule_nodes", len(sctx.trace))
-    print(f"rank {rank}: reference {ref.seconds:.4f}s overlapped {ovl.seconds:.4f}s "
-          f"({len(sctx.trace)} node calls)", flush=True)
+    ctx.record("a2a_in_flight", [{"a2a": r.a2a, "compute": r.compute} for r in sctx.in_flight])
+    print(f"rank {ctx.rank}: overlapped {ovl.seconds:.4f}s ({len(sctx.trace)} node calls)", flush=True)
+    return captures
