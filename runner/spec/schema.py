@@ -36,7 +36,7 @@ def _validator(schema: Mapping[str, Any]):
 _FAST: dict[int, tuple[Mapping[str, Any], Any]] = {}
 
 
-def _fast_valid(schema: Mapping[str, Any], data: Any, allow_placeholders: bool = False) -> bool:
+def _fast_valid(schema: Mapping[str, Any], data: Any) -> bool:
     """True when a compiled validator (jsonschema-rs, when installed) accepts ``data``.
 
     Collection validates every expanded case twice; the pure-Python validator costs ~0.5 ms a
@@ -57,13 +57,9 @@ def _fast_valid(schema: Mapping[str, Any], data: Any, allow_placeholders: bool =
     if hit[1] is None:
         return False
     try:
-        if hit[1].is_valid(data):
-            return True
-        if not allow_placeholders:
-            return False
-        # a spec file before expansion: values that are exactly a placeholder are checked later
-        errors = list(hit[1].iter_errors(data))
-        return bool(errors) and all(_is_placeholder(e.instance) for e in errors)
+        # a spec file before expansion with placeholders in it: the slow path decides which
+        # placeholders are exempt (only where a scalar may stand)
+        return bool(hit[1].is_valid(data))
     except Exception:  # noqa: BLE001 - data it cannot convert (e.g. a non-JSON value)
         return False
 
@@ -150,7 +146,7 @@ def validate(data: Any, schema: Mapping[str, Any], *, file: str, positions: Mapp
     With ``allow_placeholders`` a value that is exactly a matrix placeholder (``"{axis}"``)
     passes; the expanded case is validated again once the axis value is known.
     """
-    if _fast_valid(schema, data, allow_placeholders):
+    if _fast_valid(schema, data):
         return
     errors = list(_validator(schema).iter_errors(data))
     if allow_placeholders:
