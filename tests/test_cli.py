@@ -51,6 +51,8 @@ def spec(project, body: str, name: str = "specs/s.yaml") -> None:
 
 
 def test_help_is_fast_and_torch_free(project):
+    """What makes list/validate/--dry-run/--help fast is what they do not import (torch takes
+    seconds); asserted by module, not by wall time, so a busy machine cannot fail it."""
     code = ("import sys, runner.cli as c; c.main(['list', 'specs']); c.main(['validate', 'specs']);"
             "c.main(['run', 'specs', '--dry-run']);"
             "assert 'torch' not in sys.modules, 'torch imported'; print('TORCH-FREE')")
@@ -58,14 +60,13 @@ def test_help_is_fast_and_torch_free(project):
         cases:
           - {name: a, kind: script, args: {script: w.py, argv: [ok], golden: false}, resources: {nproc_per_node: 2}}
     """)
-    t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], cwd=project.path, capture_output=True, text=True)
     assert "TORCH-FREE" in out.stdout, out.stderr
-    assert time.monotonic() - t0 < 5
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "runner", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "run" in r.stdout
-    assert time.monotonic() - t0 < 2
+    code = ("import sys, runner.cli as c\ntry:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'numpy', 'deepdiff', 'jsonschema') if m in sys.modules)\n"
+            "print('HEAVY', heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "run" in r.stdout and "HEAVY []" in r.stdout, (r.stdout, r.stderr)
 
 
 def test_validate_misspelled_key_exit_4(project):
