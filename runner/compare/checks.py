@@ -112,7 +112,8 @@ class Deterministic(MetricCheck):
         al = job.aligned
         close = _series().isclose(al.actual, al.expected, 0.0, 0.0)
         prec = "" if job.decimals is None else f" (exact at the golden's {job.decimals}-decimal precision)"
-        return _per_step(job, self.id, close, bool(_np().all(close)), "exact", prec)
+        res = _per_step(job, self.id, close, bool(_np().all(close)), "exact")
+        return res if res.passed else CheckResult(res.name, False, res.detail + prec, data=res.data)
 
 
 class Bitwise(MetricCheck):
