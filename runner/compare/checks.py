@@ -15,7 +15,8 @@ a resume test) and returns one ``CheckResult``. The built-ins (Megatron's semant
 - ``close``: ``isclose`` on every step, no failing step allowed;
 - ``timing``: load-proof iteration time: the median over the same window of
   ``iteration-time / calibration-time`` (a fixed kernel timed in the same launch, see
-  ``workloads.common.timing``), run vs golden, within a factor ``1 + rtol`` either way.
+  ``workloads.common.timing``), run vs golden: fails when the run's is more than ``1 + rtol``
+  times the golden's (a faster run passes; its ratio is in the check's data).
 
 A plugin adds a check with a class like these and ``registry.add(MyCheck)`` in its
 ``runner_register_checks(registry)`` hook; specs then name it in ``compare.metrics.<m>.checks``.
@@ -111,7 +112,8 @@ class Deterministic(MetricCheck):
         al = job.aligned
         close = _series().isclose(al.actual, al.expected, 0.0, 0.0)
         prec = "" if job.decimals is None else f" (exact at the golden's {job.decimals}-decimal precision)"
-        return _per_step(job, self.id, close, bool(_np().all(close)), "exact", prec)
+        res = _per_step(job, self.id, close, bool(_np().all(close)), "exact")
+        return res if res.passed else CheckResult(res.name, False, res.detail + prec, data=res.data)
 
 
 class Bitwise(MetricCheck):
@@ -218,7 +220,7 @@ def _j(v: float) -> Any:
 class Timing(MetricCheck):
     id = "timing"
     description = ("median of iteration-time / calibration-time over the steady window, run vs golden, "
-                   "within a factor 1 + rtol either way (falls back to median without calibration)")
+                   "at most 1 + rtol times the golden's (falls back to median without calibration)")
 
     def run(self, job: MetricJob) -> CheckResult:
         r = job.rule
@@ -240,14 +242,14 @@ class Timing(MetricCheck):
             act = _median(np.where(np.isfinite(a_it) & np.isfinite(a_cal), a_it / a_cal, math.inf))
         ratio = act / exp if exp > 0 else math.inf
         bound = 1.0 + r.rtol
-        passed = bool(1.0 / bound <= ratio <= bound)
+        passed = bool(ratio <= bound)        # one-sided: a slower step fails, a faster one is reported
         raw_exp, raw_act = _median(g_it), _median(a_it)
         data = {"normalized_expected": _j(exp), "normalized_actual": _j(act), "ratio": _j(ratio),
                 "bound": bound, "window": [steps[0], steps[-1]],
                 "raw_expected_median_s": _j(raw_exp), "raw_actual_median_s": _j(raw_act)}
         detail = "" if passed else (
-            f"{job.metric} timing over {how}: {ratio:.3g}x the golden's calibrated time (allowed "
-            f"{1 / bound:.3g}x-{bound:.3g}x; iteration/calibration median {act:.4g} vs {exp:.4g}; "
+            f"{job.metric} timing over {how}: {ratio:.3g}x the golden's calibrated time (allowed up to "
+            f"{bound:.3g}x; iteration/calibration median {act:.4g} vs {exp:.4g}; "
             f"raw median {raw_act:.4g}s vs {raw_exp:.4g}s)")
         return CheckResult(f"{job.name}:{self.id}", passed, detail, data=data)
 
