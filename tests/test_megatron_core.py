@@ -80,3 +80,10 @@ def test_shared_adam_step_after_dist_checkpoint_load_fails_without_the_workaroun
     case = report["ckpt_shared_adam_step_not_worked_around"]
     assert case["verdict"] == "FAILED", case["detail"]
     assert "losses_after" in case["detail"] or "final." in case["detail"], case["detail"]
+
+
+@pytest.mark.slow
+def test_dense_model_chunk_plan_skips_the_final_layernorm(report) -> None:
+    case = report["finding_dense_chunk_skips_final_layernorm"]
+    assert case["verdict"] == "FAILED", case["detail"]
+    assert "decoder.final_layernorm.weight" in case["detail"], case["detail"]
