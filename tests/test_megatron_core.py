@@ -63,8 +63,8 @@ def report(tmp_path_factory) -> dict[str, dict]:
 def test_schedule_node_run_for_the_wrong_microbatch_fails(report) -> None:
     case = report["plant_wrong_microbatch"]
     assert case["verdict"] == "FAILED", case["detail"]
-    assert case["detail"].startswith("rank 0: outputs.2: "), case["detail"]
-    assert "megatron-core 0.16.1" in case["detail"]
+    assert case["detail"].startswith("rank 0: "), case["detail"]
+    assert " elements differ, max abs diff " in case["detail"] and "ranks differing: 0, 1 of 2" in case["detail"]
 
 
 @pytest.mark.slow
@@ -72,7 +72,7 @@ def test_dropped_gradient_through_the_combine_all_to_all_fails(report) -> None:
     case = report["plant_dropped_combine_grad"]
     assert case["verdict"] == "FAILED", case["detail"]
     assert case["detail"].startswith("rank 0: "), case["detail"]
-    assert "grads.layer.mlp.experts" in case["detail"] or "input_grads" in case["detail"], case["detail"]
+    assert "grads.layer." in case["detail"] and " elements differ" in case["detail"], case["detail"]
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ def transformer_config(params: Mapping[str, Any], *, num_layers: int, ep: int, *
     if variant in ("moe", "moe_shared"):
         kw.update(num_moe_experts=int(params.get("experts", 2 * ep)), moe_router_topk=int(params.get("topk", 2)),
                   moe_token_dispatcher_type="alltoall", expert_model_parallel_size=ep, moe_grouped_gemm=False,
-                  moe_aux_loss_coeff=float(params.get("aux_loss_coeff", 0.01)))
+                  moe_aux_loss_coeff=float(params.get("aux_loss_coeff", 0.01)),
+                  moe_router_load_balancing_type=str(params.get("load_balancing", "aux_loss")))
         if variant == "moe_shared":
             kw.update(moe_shared_expert_intermediate_size=int(params.get("shared_ffn_hidden", 32)))
     elif variant != "dense":
