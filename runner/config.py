@@ -24,17 +24,13 @@ Command-line flags win over the file. The file is looked for in the current dire
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from runner.errors import UsageError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import tomllib
 
 KNOWN_KEYS = {"backend", "results_dir", "golden_dir", "environment", "jobs", "plugins", "paths", "backends",
               "megatron"}
