@@ -180,7 +180,7 @@ def _window_values(al: "Aligned", steps: list[int]) -> tuple["np.ndarray", "np.n
     return al.expected[mask], al.actual[mask], al.missing[mask]
 
 
-def _median(values: Sequence[float]) -> float:
+def _median(values: "Sequence[float] | np.ndarray") -> float:
     np = _np()
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
