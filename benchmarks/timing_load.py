@@ -27,7 +27,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 REGULAR = "gpt3_mcore_te_tp1_pp4_vp1_dist_optimizer_overlap_grad_reduce_param_gather"
-BURN = "import torch, sys; torch.set_num_threads(int(sys.argv[1])); a = torch.randn(512, 512)\nwhile True: a = torch.tanh(a @ a)"
+#: a competing process: 2-thread torch matmuls in a loop, for at most argv[2] seconds
+BURN = ("import sys, time, torch; torch.set_num_threads(int(sys.argv[1])); a = torch.randn(512, 512)\n"
+        "end = time.monotonic() + float(sys.argv[2])\nwhile time.monotonic() < end: a = torch.tanh(a @ a)")
 
 
 def run_runner(args: list[str], json_out: Path) -> dict:
@@ -46,24 +48,50 @@ def summarize(report: dict) -> None:
         for t in timing:
             d = t.get("data", {})
             print(f"{case['name']}: {case['verdict']}; timing ratio {d.get('ratio')} "
-                  f"(raw median {d.get('raw_actual_median_s')} s vs golden {d.get('raw_expected_median_s')} s); "
+                  f"(cpu median {d.get('cpu_actual_median_s')} s vs golden {d.get('cpu_expected_median_s')} s; "
+                  f"wall median {d.get('raw_actual_median_s')} s vs golden {d.get('raw_expected_median_s')} s); "
                   f"failed checks: {failed or 'none'}")
 
 
+class LoadSampler:
+    """The 1-minute load average every 10 s, in a thread, until stop()."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(10):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
 def cmd_load(ns: argparse.Namespace) -> None:
-    burners = [subprocess.Popen([sys.executable, "-c", BURN, str(ns.threads)]) for _ in range(ns.procs)]
+    burners = [subprocess.Popen([sys.executable, "-c", BURN, str(ns.threads), str(ns.max_seconds)])
+               for _ in range(ns.procs)]
     try:
         time.sleep(5)
         before = os.getloadavg()
+        sampler = LoadSampler()
         with tempfile.TemporaryDirectory() as tmp:
             report = run_runner(["specs/functional/", "--results-dir", f"{tmp}/results"], Path(tmp) / "r.json")
         after = os.getloadavg()
+        during = sampler.stop()
     finally:
         for p in burners:
             p.send_signal(signal.SIGKILL)
             p.wait()
     summarize(report)
-    print(f"load average before {before[0]:.1f}, after {after[0]:.1f} (1-min); {ns.procs} burners x {ns.threads} threads")
+    print(f"load average before {before[0]:.1f}, after {after[0]:.1f} (1-min), during {min(during):.1f}-"
+          f"{max(during):.1f}; {ns.procs} burners x {ns.threads} threads")
 
 
 def cmd_slowdown(ns: argparse.Namespace) -> None:
@@ -77,7 +105,7 @@ def cmd_slowdown(ns: argparse.Namespace) -> None:
         path.write_text(yaml.safe_dump(spec))
         report = run_runner([str(path), "--results-dir", f"{tmp}/results"], Path(tmp) / "r.json")
     summarize(report)
-    print(f"load average {os.getloadavg()[0]:.1f} (1-min)")
+    print(f"load average {os.getloadavg()[0]:.1f} (1-min) at the end")
 
 
 def main() -> None:
@@ -86,6 +114,7 @@ def main() -> None:
     load = sub.add_parser("load")
     load.add_argument("--procs", type=int, default=4)
     load.add_argument("--threads", type=int, default=2)
+    load.add_argument("--max-seconds", type=float, default=1200, help="each burner stops by itself after this")
     sub.add_parser("slowdown")
     ns = ap.parse_args()
     {"load": cmd_load, "slowdown": cmd_slowdown}[ns.cmd](ns)

@@ -1,6 +1,13 @@
-"""Load-proof timing: the calibration kernel, the planted 2x slowdown, and the timing check."""
+"""Load-proof timing: the timing check on the step's CPU time, the planted 2x slowdown, and the
+slowdown caught end to end against a golden recorded in the same test run.
+
+The end-to-end test makes no wall-clock assertion: it records a golden for a small GPT case
+with ``runner golden update`` and then runs the same case, clean and with ``inject_fault:
+slow_step_2x``, against it; the verdicts come from the ``timing`` check's CPU-time rule.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +16,10 @@ from runner.compare.golden import CompareOptions, GoldenFile, GoldenSeries, chec
 
 torch = pytest.importorskip("torch")
 
-from workloads.common.timing import CalibrationKernel, double_compute  # noqa: E402
+from workloads.common.timing import double_compute  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = "iteration-cpu-time"
 
 
 def _ours(metrics):
@@ -18,7 +28,7 @@ def _ours(metrics):
 
 
 STEPS = range(1, 21)
-GOLD = {"iteration-time": {s: 0.2 for s in STEPS}, "calibration-time": {s: 0.01 for s in STEPS}}
+GOLD = {"iteration-time": {s: 0.2 for s in STEPS}, CPU: {s: 0.05 for s in STEPS}}
 
 
 def _timing(run, golden=GOLD, **options):
@@ -26,56 +36,69 @@ def _timing(run, golden=GOLD, **options):
     return c
 
 
-def test_a_busy_machine_slows_both_and_passes():
-    # 3x slower machine: step and calibration both 3x: ratio 1
-    run = {"iteration-time": {s: 0.6 for s in STEPS}, "calibration-time": {s: 0.03 for s in STEPS}}
-    c = _timing(run)
+def _run(wall: float, cpu: float) -> dict:
+    return {"iteration-time": {s: wall for s in STEPS}, CPU: {s: cpu for s in STEPS}}
+
+
+def test_a_busy_machine_stretches_wall_time_only_and_passes():
+    c = _timing(_run(0.8, 0.05))                  # 4x the wall time, the same CPU seconds
     assert c.name == "golden:iteration-time:timing" and c.passed, c
-    assert c.data["ratio"] == pytest.approx(1.0) and c.data["raw_actual_median_s"] == pytest.approx(0.6)
+    assert c.data["ratio"] == pytest.approx(1.0) and c.data["raw_actual_median_s"] == pytest.approx(0.8)
 
 
-def test_twice_the_work_fails_on_the_same_machine():
-    run = {"iteration-time": {s: 0.4 for s in STEPS}, "calibration-time": {s: 0.01 for s in STEPS}}
-    c = _timing(run)
-    assert not c.passed and "2x the golden's calibrated time" in c.detail and "allowed up to 1.5x" in c.detail
-    run["iteration-time"] = {s: 0.3 for s in STEPS}           # 1.5x: the bound itself passes
-    assert _timing(run).passed
+def test_the_bound_is_one_plus_rtol_of_the_cpu_time():
+    assert _timing(_run(0.2, 0.05 * 1.4)).passed                  # default rtol 0.4: 1.4x passes
+    c = _timing(_run(0.2, 0.05 * 1.41))
+    assert not c.passed
+    assert "iteration-time timing over steps 5-20" in c.detail and "1.41x the golden's" in c.detail
+    assert "allowed up to 1.4x" in c.detail and f"{CPU} median" in c.detail
+    c = _timing(_run(0.2, 0.1))                                    # 2x the compute fails at any wall time
+    assert not c.passed and "2x the golden's" in c.detail
+    assert not _timing(_run(0.1, 0.1)).passed
+    over = {"iteration-time": {"rtol": 1.0}}
+    assert _timing(_run(0.2, 0.1), overrides=over).passed          # a case may widen it
+    assert not _timing(_run(0.2, 0.1001), overrides=over).passed
 
 
 def test_faster_passes_and_is_reported():
-    run = {"iteration-time": {s: 0.1 for s in STEPS}, "calibration-time": {s: 0.01 for s in STEPS}}
-    c = _timing(run)
+    c = _timing(_run(0.2, 0.025))
     assert c.passed and c.data["ratio"] == pytest.approx(0.5)
 
 
-def test_window_only_and_missing_steps_are_inf():
-    run = {"iteration-time": {s: (9.0 if s < 5 or s > 20 else 0.2) for s in STEPS},
-           "calibration-time": {s: 0.01 for s in STEPS}}
+def test_only_the_window_counts_and_missing_steps_are_inf():
+    run = _run(0.2, 0.05)
+    run[CPU] = {s: (9.0 if s < 5 else 0.05) for s in STEPS}
     assert _timing(run).passed                      # steps 1-4 are outside Megatron's 5-20 window
     for s in range(5, 13):                          # 8 of 16 window steps missing: median inf
-        del run["iteration-time"][s]
-    assert not _timing(run).passed
+        del run[CPU][s]
+    c = _timing(run)
+    assert not c.passed and "inf" in c.detail
 
 
-def test_without_calibration_the_raw_median_is_compared():
-    gold = {"iteration-time": {s: 0.2 for s in STEPS}}
-    c = _timing({"iteration-time": {s: 0.29 for s in STEPS}}, gold)
-    assert c.passed and "raw median" in c.data["note"]      # rtol 0.5 of the raw median
-    assert not _timing({"iteration-time": {s: 0.31 for s in STEPS}}, gold).passed
+def test_the_wall_time_does_not_decide():
+    c = _timing(_run(100.0, 0.05))
+    assert c.passed and c.data["raw_expected_median_s"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("where", ["golden", "run"])
+def test_without_cpu_time_the_raw_median_is_compared(where):
+    gold, mk = (({"iteration-time": GOLD["iteration-time"]}, lambda w: _run(w, 0.05)) if where == "golden"
+                else (GOLD, lambda w: {"iteration-time": {s: w for s in STEPS}}))
+    c = _timing(mk(0.279), gold)
+    assert c.passed and "raw median" in c.data["note"]             # rtol 0.4 of the raw median
+    c = _timing(mk(0.281), gold)
+    assert not c.passed and f"no {CPU} recorded: raw median compared" in c.detail
 
 
 def test_a_suite_can_choose_megatrons_raw_median():
-    run = {"iteration-time": {s: 0.6 for s in STEPS}, "calibration-time": {s: 0.03 for s in STEPS}}
-    res = check_metrics(_ours(GOLD), run, CompareOptions(overrides={"iteration-time": {"checks": ["median"],
-                                                                                       "rtol": 0.05}}))
+    res = check_metrics(_ours(GOLD), _run(0.6, 0.05), CompareOptions(overrides={"iteration-time": {
+        "checks": ["median"], "rtol": 0.05}}))
     assert [(c.name, c.passed) for c in res] == [("golden:iteration-time:median", False)]
 
 
-def test_calibration_kernel_is_fixed_work_and_touches_no_rng():
-    k = CalibrationKernel()
-    state = torch.get_rng_state()
-    times = [k.time() for _ in range(3)]
-    assert all(t > 0 for t in times) and torch.equal(state, torch.get_rng_state())
+def test_cpu_time_has_no_check_of_its_own():
+    res = check_metrics(_ours(GOLD), _run(0.2, 0.5), CompareOptions())
+    assert [c.name for c in res] == ["golden:iteration-time:timing"]
 
 
 def test_double_compute_keeps_values_and_grads_and_doubles_the_calls():
@@ -98,3 +121,48 @@ def test_double_compute_keeps_values_and_grads_and_doubles_the_calls():
     out2, grad2, rng2 = step()
     assert torch.equal(out1, out2) and torch.equal(grad1, grad2) and torch.equal(rng1, rng2)
     assert len(calls) == 3                       # the inner Linear ran twice in the doubled step
+
+
+# -- end to end: golden recorded here, then the clean case passes and the slowed one fails -------
+ARGS = dict(test_type="regular", num_layers=4, hidden_size=128, num_attention_heads=4, seq_length=64,
+            max_position_embeddings=64, vocab_size=128, micro_batch_size=4, global_batch_size=16,
+            train_iters=12, lr=0.003, min_lr=0.0003, lr_warmup_fraction=0.2, pipeline_model_parallel_size=1,
+            use_distributed_optimizer=True, num_documents=300)
+SPEC = """
+defaults:
+  kind: gpt
+  timeout: 300
+  resources: {{nodes: 1, nproc_per_node: 2}}
+  args: {args}
+cases:
+  - name: timing_clean
+  - name: timing_again
+    golden: {{name: timing_clean}}
+  - name: timing_slow
+    args: {{inject_fault: slow_step_2x}}
+    golden: {{name: timing_clean}}
+"""
+
+
+@pytest.mark.slow
+def test_planted_2x_slowdown_fails_the_timing_check_and_the_clean_case_passes(runner_project) -> None:
+    runner_project.write("specs/timing.yaml", SPEC.format(args=json.dumps(ARGS)))
+    pp = [str(ROOT)]
+    upd = runner_project.run("golden", "update", "specs", "-k", "timing_clean", "-j", "1", python_path=pp,
+                             timeout=600)
+    assert upd.exit_code == 0 and upd.verdicts == {"timing_clean": "SKIPPED"}, upd    # no golden yet
+    golden = json.loads((runner_project.path / "golden" / "timing_clean" / "golden_values_dev_cpu.json").read_text())
+    assert CPU in golden and len(golden[CPU]["values"]) == ARGS["train_iters"]
+
+    run = runner_project.run("run", "specs", "-k", "not timing_clean", "-j", "1", python_path=pp, timeout=600)
+    assert run.exit_code == 1 and run.verdicts == {"timing_again": "PASSED", "timing_slow": "FAILED"}, run
+    checks = {c["name"]: c for c in run.case("timing_again")["checks"]}
+    assert checks["golden:iteration-time:timing"]["passed"], checks["golden:iteration-time:timing"]
+
+    slow = run.case("timing_slow")
+    failed = [c for c in slow["checks"] if not c["passed"]]
+    # only the time changed: loss, num-zeros and memory still match the golden exactly
+    assert [c["name"] for c in failed] == ["golden:iteration-time:timing"], failed
+    assert "iteration-time timing" in failed[0]["detail"] and "the step's CPU time is" in failed[0]["detail"]
+    assert failed[0]["data"]["ratio"] > failed[0]["data"]["bound"] == 1.4
+    assert "iteration-time" in slow["detail"]

@@ -38,7 +38,7 @@ from workloads.gpt.faults import FAULTS, STEP_FAULTS
 ENTRY = "workloads.gpt.worker:run"
 TEST_TYPES = ("regular", "ckpt-resume")
 METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time",
-           "calibration-time")
+           "iteration-cpu-time")
 RESUME_METRICS = ("lm loss", "num-zeros")
 
 _DESCRIPTIONS = {
