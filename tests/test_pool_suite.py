@@ -25,6 +25,11 @@ def run(tmp_path: Path, name: str, *extra: str) -> dict[str, dict]:
     return {c["id"]: c for c in json.loads(report.read_text())["cases"]}
 
 
+def _first(detail: str) -> str:
+    """A failed detail's first mismatch: rank, key, counts, index (up to the first '(+N more')."""
+    return detail.split(" (+", 1)[0]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)   # the unpooled run is 21 fresh 4-rank launches
 def test_unit_suite_and_planted_faults_have_the_same_verdicts_pooled_and_unpooled(tmp_path: Path) -> None:
@@ -42,7 +47,8 @@ def test_unit_suite_and_planted_faults_have_the_same_verdicts_pooled_and_unpoole
     for case_id, case in pooled.items():
         if "fault_" in case_id:
             assert case["verdict"] == "FAILED", case
-            # the same tensor, rank and index named either way
-            assert case["detail"] == unpooled[case_id]["detail"]
+            # the same first tensor, rank and index named either way (how many more tensors a
+            # skipped wait lets through poisoned depends on timing; that it fails does not)
+            assert _first(case["detail"]) == _first(unpooled[case_id]["detail"]), (case, unpooled[case_id])
         else:
             assert case["verdict"] == "PASSED", case

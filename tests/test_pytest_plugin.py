@@ -2,6 +2,8 @@
 machinery; pytest's verdicts, -k, -m from tags, JUnit; the project's tests/ collect as before."""
 from __future__ import annotations
 
+import re
+
 import os
 import shutil
 import subprocess
@@ -106,4 +108,4 @@ def test_pytest_runs_the_project_examples() -> None:
     r = pytest_run(REPO, "specs/examples/", "-q", "-k", "1ranks", "--runner-results-dir",
                    str(Path(os.environ.get("TMPDIR", "/tmp")) / f"runner-pytest-examples-{os.getpid()}"))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "1 passed, 1 deselected" in r.stdout, r.stdout
+    assert re.search(r"\b1 passed, \d+ deselected\b", r.stdout), r.stdout

@@ -118,6 +118,9 @@ class PoolingBackend(Backend):
     def render(self, launch: Launch) -> Rendered:
         return self.inner.render(launch)
 
+    def sweep(self, results_root: Any) -> list[str]:
+        return self.inner.sweep(results_root)
+
     # -- pools ---------------------------------------------------------------------------------
     def _start_pool(self, first: Launch) -> Pool:
         if self.started == 0:
