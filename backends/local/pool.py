@@ -97,11 +97,17 @@ class PoolingBackend(Backend):
 
     id = "pooled"
 
+    def __new__(cls, inner: Backend, poolable: Callable[[Launch], bool]) -> "PoolingBackend":
+        # ``id`` and ``poll_interval`` are class attributes of a Backend: each wrapper is an
+        # instance of its own subclass that carries the wrapped backend's id (reports name the
+        # real backend) and a poll interval of at most 50 ms
+        own = type(cls.__name__, (cls,), {"id": inner.id, "poll_interval": min(0.05, inner.poll_interval),
+                                          "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        return super().__new__(own)
+
     def __init__(self, inner: Backend, poolable: Callable[[Launch], bool]) -> None:
         super().__init__({})
         self.inner = inner
-        self.id = inner.id          # type: ignore[misc] - reports name the real backend
-        self.poll_interval = min(0.05, inner.poll_interval)   # type: ignore[misc]
         self.poolable = poolable
         self.pools: list[Pool] = []
         self.broken: set[ShapeKey] = set()   # shapes whose pool could not start: run unpooled

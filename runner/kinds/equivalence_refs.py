@@ -122,9 +122,10 @@ class Located:
 def locate(ref: FunctionRef) -> Located:
     """Check that the file/module exists and defines the function; where it is."""
     if ref.file is not None:
-        source: Path | None = Path(ref.file)
-        if not source.is_file():
+        file = Path(ref.file)
+        if not file.is_file():
             raise RefError(f"no such file: {ref.file}")
+        source: Path | None = file
     else:
         assert ref.module is not None
         source = module_source(ref.module)

@@ -54,7 +54,7 @@ class Snapshot:
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    out = {f"param:{n}": p for n, p in module.named_parameters()}
+    out: dict[str, torch.Tensor] = {f"param:{n}": p for n, p in module.named_parameters()}
     out.update({f"buffer:{n}": b for n, b in module.named_buffers() if b is not None})
     return out
 

@@ -60,7 +60,7 @@ def expand_paths(paths: Iterable[str], sources: list[CaseSource]) -> list[tuple[
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file()
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            items = [(f, None) for f in files]
+            items: list[tuple[Path, str | None]] = [(f, None) for f in files]
         else:
             items = [(p, name if sep else None)]
         for f, flt in items:

@@ -24,7 +24,7 @@ from runner.spec.schema import validate
 from runner.spec.yamlpos import load_with_positions
 
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
-_ENTRY = {
+_ENTRY: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "properties": {
         "MODEL_ARGS": {"type": "object", "additionalProperties": {"anyOf": [_SCALAR, {"type": "array"}]}},

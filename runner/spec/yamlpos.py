@@ -35,7 +35,9 @@ class _Constructor(yaml.constructor.SafeConstructor):
 
 
 # a date stays the string it was written as: every value must survive JSON (launch.json)
-_Constructor.add_constructor("tag:yaml.org,2002:timestamp", yaml.constructor.SafeConstructor.construct_yaml_str)
+# (the stub types a constructor's first argument as a Loader; this one runs on a standalone _Constructor)
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp",
+                             yaml.constructor.SafeConstructor.construct_yaml_str)  # type: ignore[type-var]
 
 
 def _error(message: str, filename: str, mark: yaml.Mark | None, key: str | None = None) -> SpecError:
@@ -52,7 +54,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth = 0
         self._aliases = 0
 
-    def compose_node(self, parent, index):  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:

@@ -41,7 +41,7 @@ def set_deterministic_algorithms(mode: bool, *, warn_only: bool = False) -> None
         return
     config = sys.modules.get(_INDUCTOR_CONFIG)
     if config is not None:
-        config.deterministic = mode
+        setattr(config, "deterministic", mode)   # a plain module attribute mypy has no type for
     setter(mode, warn_only=warn_only)
 
 
@@ -91,7 +91,7 @@ def deterministic(seed: int = 1234, *, warn_only: bool = False) -> Iterator[None
         set_deterministic_algorithms(saved_algos, warn_only=saved_warn)
         config = sys.modules.get(_INDUCTOR_CONFIG)
         if config is not None:   # loaded before the block, or inside it (it read the env then)
-            config.deterministic = bool(saved_inductor) if saved_inductor is not None else saved_algos
+            setattr(config, "deterministic", bool(saved_inductor) if saved_inductor is not None else saved_algos)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved_cudnn
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved_tf32
         torch.set_rng_state(saved_rng)

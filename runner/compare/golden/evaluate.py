@@ -7,7 +7,7 @@ checks are skipped (reported as skipped) when the case allows nondeterminism.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from runner.compare.golden.files import GoldenFile, GoldenSeries
 from runner.compare.golden.rules import CompareOptions
@@ -24,12 +24,12 @@ def builtin_checks() -> dict[str, Any]:
 
 def check_metrics(golden: GoldenFile, actual: Metrics, options: CompareOptions | None = None, *,
                   checks: Mapping[str, Any] | None = None, label: str = "golden",
-                  decimals: int | None | str = "auto") -> list[CheckResult]:
+                  decimals: int | None | Literal["auto"] = "auto") -> list[CheckResult]:
     from runner.compare.checks import MetricJob
 
     options = options or CompareOptions()
     checks = checks if checks is not None else builtin_checks()
-    dec = golden.decimals if decimals == "auto" else decimals
+    dec = golden.decimals if isinstance(decimals, str) else decimals   # "auto": the file's own
     out: list[CheckResult] = []
     for name in options.metrics_to_check(list(golden.metrics)):
         rule = options.rule(name, full_precision=golden.full_precision)

@@ -78,9 +78,9 @@ def metric_svg(view: MetricView) -> str:
             rax.axhline(view.rtol, color=FAIL, linestyle="--", linewidth=0.8, label=f"rtol {view.rtol:g}")
             rax.legend(loc="best", fontsize=7)
         fails = set(view.failing_steps)
-        bad = [(s, r) for s, r in zip(steps_rel, finite) if s in fails]
-        if bad:
-            rax.scatter([s for s, _ in bad], [r for _, r in bad], color=FAIL, marker="x", s=30, zorder=5)
+        bad_rel = [(s, r) for s, r in zip(steps_rel, finite) if s in fails]
+        if bad_rel:
+            rax.scatter([s for s, _ in bad_rel], [r for _, r in bad_rel], color=FAIL, marker="x", s=30, zorder=5)
         rax.set_ylabel("rel. diff", fontsize=8)
         rax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     from matplotlib.ticker import MaxNLocator
