@@ -146,6 +146,11 @@ class ResultsDir:
                 continue
         return out
 
+    def capture_names(self) -> list[str]:
+        """The captures the launch wrote (folder names under ``captures/``), sorted."""
+        cdir = self.path / "captures"
+        return sorted(p.name for p in cdir.iterdir() if p.is_dir()) if cdir.is_dir() else []
+
     def capture_ranks(self, name: str) -> list[int]:
         cdir = self.path / "captures" / name
         if not cdir.is_dir():

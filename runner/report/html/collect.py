@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from runner.records import CaseResult, Verdict
 
 if TYPE_CHECKING:
+    from runner.compare.golden import Rule
     from runner.run.session import Session
 
 HEATMAP_SHAPE = (48, 96)          # the largest heatmap drawn (rows, columns)
@@ -90,9 +91,9 @@ def _flagged(result: CaseResult, prefix: str) -> dict[str, set[int]]:
     return out
 
 
-def _rtol(case_rules: Mapping[str, Any], name: str) -> float | None:
-    rule = case_rules.get(name) or {}
-    return float(rule["rtol"]) if "rtol" in rule and "approximate" in rule.get("checks", []) else None
+def _rtol(rule: "Rule | None") -> float | None:
+    """The relative tolerance the golden's ``approximate`` check holds the metric to, if it runs one."""
+    return rule.rtol if rule is not None and "approximate" in rule.checks else None
 
 
 def metric_views(session: "Session", result: CaseResult) -> tuple[list[MetricView], list[str]]:
@@ -102,15 +103,18 @@ def metric_views(session: "Session", result: CaseResult) -> tuple[list[MetricVie
     runs = [(o.launch.name, ResultsDir(o.launch.results_dir).metrics()) for o in result.launches]
     runs = [(n, m) for n, m in runs if m]
     golden: Mapping[str, Mapping[int, float]] = {}
-    rules: Mapping[str, Any] = {}
+    rules: dict[str, Rule] = {}       # only with a golden file: its checks are what the rules decide
     try:
-        from runner.compare.golden import golden_path_for, load_golden, rules_for
+        from runner.compare.golden import CompareOptions, golden_path_for, load_golden
 
         if session.plugins.kind(case.kind).case_uses_golden(case):
             path = golden_path_for(case, session.golden_root, session.environment_for(case))
             if path.is_file():
-                golden = {k: s.values for k, s in load_golden(path).metrics.items()}
-                rules = rules_for(case)
+                gf = load_golden(path)
+                golden = {k: s.as_dict() for k, s in gf.metrics.items()}
+                options = CompareOptions.from_case(case)
+                rules = {name: options.rule(name, full_precision=gf.full_precision)
+                         for name in {*golden, *(runs[0][1] if runs else {})}}
             else:
                 notes.append(f"no golden file at {path}")
     except Exception as exc:  # noqa: BLE001 - a report shows what it can
@@ -135,8 +139,8 @@ def metric_views(session: "Session", result: CaseResult) -> tuple[list[MetricVie
             failing_steps=tuple(sorted(flagged.get(name, ()))),
             failing_later_steps=tuple(sorted(flagged_later.get(name, ()))),
             resume_step=resume if later else None,
-            rtol=_rtol(rules, name),
-            skipped=bool((rules.get(name) or {}).get("skip")),
+            rtol=_rtol(rules.get(name)),
+            skipped=name in rules and rules[name].skip,
         ))
     return views, notes
 
@@ -213,7 +217,8 @@ def heatmaps(result: CaseResult, rows: Sequence[Mapping[str, Any]], notes: list[
     out: list[Heatmap] = []
     cache: dict[tuple[str, int], Any] = {}
     for row in wanted:
-        rank = row.get("rank") if isinstance(row.get("rank"), int) else 0
+        rank_value = row.get("rank")
+        rank = rank_value if isinstance(rank_value, int) else 0
         try:
             for n in (ref_name, other):
                 if (n, rank) not in cache:
