@@ -74,7 +74,7 @@ def test_gpt_ckpt_resume_across_two_nodes(slurm_cluster, tmp_path):
     assert case["verdict"] == "PASSED", case["detail"]
     assert [launch["name"] for launch in case["launches"]] == ["run1", "run2"]
     checks = {c["name"] for c in case["checks"]}
-    assert "resume:lm loss" in checks and "golden:lm loss:deterministic" in checks
+    assert "resume:lm loss:deterministic" in checks and "golden:lm loss:deterministic" in checks
     for launch in case["launches"]:
         nodes = nodes_of({"launches": [launch]})
         assert sorted(nodes.values()) == ["n1"] * 4 + ["n2"] * 4, nodes
