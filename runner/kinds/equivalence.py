@@ -37,7 +37,7 @@ ENTRY = "runner.kinds.equivalence_worker:run"
 #: FOR THE PROJECT'S OWN TESTS ONLY: the kind skips part of its restore, so a comparison must fail
 FAULTS = ("skip_weight_restore", "skip_zero_grad", "skip_rng_restore")
 
-_REF = {"type": "string", "minLength": 3,
+_REF: dict[str, Any] = {"type": "string", "minLength": 3,
         "description": "'pkg.module:function' or 'path/file.py:function' (relative to the spec file)"}
 
 ARGS_SCHEMA: dict[str, Any] = {
