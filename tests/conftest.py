@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("RUNNER_SHARED_DIR", ROOT.parent / "shared"))
-MEGATRON_CASES = SHARED / "megatron" / "test_cases" / "gpt"
+from paths import MEGATRON_CASES
 
 
 @pytest.fixture

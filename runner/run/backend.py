@@ -196,11 +196,18 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
     # the first rank to fail is the cause; the others usually fail in a collective after it.
     # torchrun names the first observed failure; a rank that died without a record (os._exit,
     # a signal, a segfault) is found that way.
+    # A rank torchrun stopped with SIGTERM because another rank failed is a consequence, not
+    # a cause, whenever some rank recorded an error of its own.
+    recorded_error = any(rec.get("status") != "ok" for rec in records.values())
+
+    def caused_it(rank: int, code: int) -> bool:
+        return rank not in records and not (recorded_error and code in _STOPPED_BY_AGENT)
+
     root = torchrun_root_cause(rd)
     if root is None or root[0] in records:
         # a rank that died without a record (signal, os._exit) caused the others' errors
-        root = next(((r, c) for r, c in torchrun_failures(rd) if r not in records), root)
-    if root is not None and records.get(root[0], {}).get("status") != "ok" and root[0] not in records:
+        root = next(((r, c) for r, c in torchrun_failures(rd) if caused_it(r, c)), root)
+    if root is not None and caused_it(*root):
         rank, code = root
         return LaunchOutcome(launch, Outcome.ERROR,
                              f"rank {rank} {_exit_words(code)} without a completion record",
@@ -259,6 +266,9 @@ def torchrun_root_cause(rd: ResultsDir) -> tuple[int, int] | None:
             return int(m_rank.group(1)), int(m_code.group(1))
     return None
 
+
+#: exit codes of a worker torchrun's agent stopped (SIGTERM: -15 as torchrun reports it, 143 from a shell)
+_STOPPED_BY_AGENT = frozenset({-15, 143})
 
 _FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+).*?^\s*exitcode\s*:\s*(-?\d+)", re.M | re.S)
 

@@ -32,7 +32,7 @@ from runner.worker.context import WorkerContext, read_launch
 #: longest sleep between looks at the spool while idle (seconds)
 MAX_IDLE_SLEEP = 0.02
 #: FOR THE PROJECT'S OWN TESTS ONLY: "1" plants a pool that skips the reset between cases,
-#: so the isolation test can show it would catch one (tests/test_pool.py)
+#: so the isolation test can show it would catch one (tests/run/test_pool.py)
 SKIP_RESET_VAR = "RUNNER_POOL_SKIP_RESET"
 #: how long a pool waits for its next task before it ends by itself (the launcher is gone)
 IDLE_LIMIT_S = 3600.0

@@ -14,7 +14,7 @@ from runner.plan.kind import CompareContext
 from runner.plugins import PluginManager
 from runner.records import Case, Launch, LaunchOutcome, Outcome, Resources
 
-PLUGIN_SRC = Path(__file__).parent / "plugins" / "runner-plainrun"
+PLUGIN_SRC = Path(__file__).resolve().parents[1] / "plugins" / "runner-plainrun"
 
 
 def _outcome(tmp_path: Path, name: str, metrics: dict[int, dict[str, float]]) -> LaunchOutcome:

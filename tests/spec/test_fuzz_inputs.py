@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from runner.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "specs").rglob("*.yaml"))
 GOLDENS = sorted((ROOT / "golden").rglob("*.json"))
 GOLDEN_SPEC = ROOT / "specs" / "examples" / "toy_ddp.yaml"

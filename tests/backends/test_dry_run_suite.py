@@ -12,7 +12,7 @@ import yaml
 
 from test_kubernetes_manifests import assert_valid
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def dry_run(tmp_path: Path, *args: str) -> str:

@@ -24,7 +24,7 @@ from runner.kinds.equivalence_state import restore, snapshot
 from runner.records import Case, Launch, LaunchOutcome, Outcome, Resources
 from runner.results import write_json_atomic
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_kind_and_helper_import_without_torch() -> None:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: the project's spec files (Megatron overlays, marked ``overlay: megatron``, are not specs)
 SPECS = sorted(p for p in (REPO / "specs").rglob("*.yaml")
                if not any(line.startswith("overlay:") for line in p.read_text().splitlines()))

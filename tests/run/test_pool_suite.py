@@ -12,7 +12,7 @@ import pytest
 
 from workloads.moe.kind import FAULT_NAMES
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(tmp_path: Path, name: str, *extra: str) -> dict[str, dict]:

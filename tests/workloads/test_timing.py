@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from workloads.common.timing import double_compute  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CPU = "iteration-cpu-time"
 
 

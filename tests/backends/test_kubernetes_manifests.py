@@ -26,7 +26,7 @@ from runner.errors import UsageError
 from runner.records import Launch
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 HOSTILE_IDS = [
     "specs/a.yaml::x; rm -rf / #",

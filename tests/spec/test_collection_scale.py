@@ -16,7 +16,7 @@ from runner.plugins import PluginManager
 from runner.spec import schema
 from runner.spec.loader import SpecLoader
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

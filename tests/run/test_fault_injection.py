@@ -20,6 +20,8 @@ import pytest
 
 from backends.local import ownership, proctree
 
+# the Kubernetes stand-in cluster's fixture and helpers live with the backend's tests
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
 try:   # the Kubernetes stand-in cluster (a real API server and kubelet on this machine)
     import test_kubernetes_standin as k8s
     from test_kubernetes_standin import cluster  # noqa: F401 - the fixture

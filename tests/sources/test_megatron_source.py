@@ -13,7 +13,7 @@ from runner.cli import main
 from workloads.gpt.megatron_args import (MAPPED, PATHS, WITHOUT_EFFECT, MegatronArgError, UnsupportedArgs,
                                          model_args_to_argv, parse)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Megatron's cases live in the shared folder beside the clone (<repo>/../shared; a git worktree
 # one level deeper: <repo>/../../shared); RUNNER_SHARED_DIR overrides
 _SHARED = [Path(os.environ["RUNNER_SHARED_DIR"])] if os.environ.get("RUNNER_SHARED_DIR") else \

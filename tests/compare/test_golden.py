@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Dict, Union
 
 import pytest
+from paths import MEGATRON_CASES
 
 from runner.compare.golden import (CompareOptions, check_metrics, load_golden, series_agreement, sidecar_path,
                                    write_golden)
 from runner.errors import UsageError
 
 PP4_RESUME = "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_param_gather"
-SHARED_CASES = Path(__file__).resolve().parents[1].parent.parent / "shared" / "megatron" / "test_cases" / "gpt"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _actual(g):
@@ -23,13 +23,9 @@ def _actual(g):
 
 
 def _shared_goldens() -> list[Path]:
-    for root in (SHARED_CASES, Path("/work/shared/megatron/test_cases/gpt")):
-        if root.is_dir():
-            return sorted(root.glob("*/golden_values_*.json"))
-    return []
+    return sorted(MEGATRON_CASES.glob("*/golden_values_*.json"))
 
 
-@pytest.mark.skipif(not _shared_goldens(), reason="Megatron's golden files are not on this machine")
 def test_every_real_megatron_golden_passes_against_itself():
     files = _shared_goldens()
     assert len(files) >= 15
@@ -42,7 +38,6 @@ def test_every_real_megatron_golden_passes_against_itself():
         assert all(c.passed for c in check_metrics(g, _actual(g), CompareOptions(select=("lm loss", "num-zeros"))))
 
 
-@pytest.mark.skipif(not _shared_goldens(), reason="Megatron's golden files are not on this machine")
 def test_perturbed_megatron_golden_names_metric_and_step():
     path = next(p for p in _shared_goldens() if p.parent.name == PP4_RESUME and p.name == "golden_values_dev_dgx_h100.json")
     g = load_golden(path)
@@ -170,7 +165,6 @@ with open(os.environ["RUNNER_METRICS_FILE"], "w") as fh:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _shared_goldens(), reason="Megatron's golden files are not on this machine")
 def test_golden_mismatch_through_the_runner(runner_project):
     golden = next(p for p in _shared_goldens() if p.parent.name == PP4_RESUME and p.name == "golden_values_lts_dgx_a100.json")
     runner_project.write("specs/replay.py", REPLAY)

@@ -29,7 +29,7 @@ from runner.records import Launch, Outcome
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 ALLREDUCE = '''
 import os, torch, torch.distributed as dist

@@ -10,7 +10,7 @@ import pytest
 from runner.resume.layouts import LayoutError, MegatronLayout
 from runner.resume.plan import resume_iteration_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ckpt(folder: Path, *its: int) -> None:

@@ -29,7 +29,7 @@ from backends.kubernetes.backend import KubernetesBackend  # noqa: E402
 from fakes.k8s import StandInCluster, StandInUnavailable  # noqa: E402
 from fakes.net import free_port  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -64,7 +64,7 @@ def exit_payload(ctx: Any) -> None:
 @pytest.fixture
 def cluster(tmp_path: Path):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")] +
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), str(Path(__file__).resolve().parent)] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     before = Path("/etc/hosts").read_bytes()
     c = StandInCluster(workdir=tmp_path / "standin", image_env=env,

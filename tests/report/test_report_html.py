@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPT_CASE = "gpt3_mcore_te_tp1_pp1_resume_torch_dist_dist_optimizer"
 ACTUAL, LATER, FAIL = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0xD6, 0x27, 0x28)
 

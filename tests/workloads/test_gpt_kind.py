@@ -22,7 +22,7 @@ from runner.records import Case, Launch, LaunchOutcome, Outcome, Resources
 from workloads.gpt.kind import ARGS_SCHEMA, GPTKind, resume_iteration
 from workloads.gpt.config import GPTConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL_ARGS = dict(num_layers=4, hidden_size=32, num_attention_heads=4, seq_length=32, max_position_embeddings=32,
                   vocab_size=128, micro_batch_size=2, global_batch_size=8, train_iters=6, save_interval=3,
