@@ -12,13 +12,16 @@ through the backend and decides its verdict); this module only maps them onto py
 * verdicts: PASSED -> passed, SKIPPED -> skipped, XFAIL -> xfailed, FAILED / ERROR / TIMEOUT /
   INFRA / XPASS -> failed with the runner's detail (and the log tail), so ``--junitxml`` works.
 
+Every case's verdict goes into the run history as with ``runner run`` (``runner history CASE``;
+a failing golden case's detail says whether it passed before on this platform).
+
 Options: ``--runner-backend``, ``--runner-backend-opt KEY=VALUE``, ``--runner-platform``,
-``--runner-results-dir``. Loaded with the ``runner_testing`` pytest plugin of this package.
+``--runner-results-dir``, ``--runner-history FILE``, ``--runner-no-history``. Loaded with the ``runner_testing`` pytest plugin of this package.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,6 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a backend option for spec cases (repeatable)")
     group.addoption("--runner-platform", default=None, help="force the platform of spec cases")
     group.addoption("--runner-results-dir", default=None, help="results root of spec cases")
+    group.addoption("--runner-history", default=None, metavar="FILE",
+                    help="the run history spec cases are recorded in (default: .runner/history.sqlite)")
+    group.addoption("--runner-no-history", action="store_true", help="do not record spec cases in the history")
     parser.addini("runner_spec_paths", type="paths", default=[],
                   help="folders whose YAML files are runner spec files (default: [tool.runner] paths, else specs)")
 
@@ -51,6 +57,9 @@ class _RunnerState:
     spec_roots: list[Path]
     given: set[Path]
     backend: Any = None
+    history: Any = None
+    results: list[CaseResult] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
 
     def session_for(self, path: Path) -> Any:
         from runner.run.session import Session
@@ -72,6 +81,27 @@ class _RunnerState:
             self.backend = self.plugins.backend(opts.backend, opts.backend_opts)
             self.backend.check()
         return self.backend
+
+    def record(self, config: pytest.Config, session: Any, result: CaseResult) -> CaseResult:
+        """Keeps the result for the history (annotated as ``runner run`` annotates it)."""
+        if config.getoption("runner_no_history"):
+            return result
+        if self.history is None:
+            from runner.history.reporter import HistoryReporter, store_path
+
+            self.history = HistoryReporter(session, store_path(session, config.getoption("runner_history")))
+        result = self.history.annotate(result)
+        self.results.append(result)
+        return result
+
+    def finish(self, exit_code: int) -> None:
+        if self.history is not None and self.results:
+            from runner.report.base import SessionSummary
+
+            summary = SessionSummary(platform=self.history.session.platform, backend=self.options.backend,
+                                     results_dir=str(self.options.results_dir),
+                                     duration=time.time() - self.started, exit_code=exit_code)
+            self.history.session_finish(self.history.session, self.results, summary)
 
 
 def _state(config: pytest.Config) -> _RunnerState:
@@ -122,7 +152,10 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash.get(_STATE, None)
-    if state is not None and state.backend is not None:
+    if state is None:
+        return
+    state.finish(int(session.exitstatus))
+    if state.backend is not None:
         state.backend.close()
 
 
@@ -175,7 +208,7 @@ class CaseItem(pytest.Item):
         backend = state.backend_for(self.runner_session)
         self.runner_session.ensure_results_root()
         results = Scheduler(self.runner_session, backend, jobs=1).run([self.case])
-        result = self.result = results[0]
+        result = self.result = state.record(self.config, self.runner_session, results[0])
         self.user_properties.append(("verdict", result.verdict.value))
         if result.verdict is Verdict.PASSED:
             return

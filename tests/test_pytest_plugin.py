@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.history.store import HistoryStore
+
 REPO = Path(__file__).resolve().parents[1]
 
 SPEC = """
@@ -101,11 +103,29 @@ def test_verdicts_map_to_pytest_outcomes_and_junit(project: Path) -> None:
     assert cases["not_here"].find("skipped") is not None and cases["fine"].find("failure") is None
     # the runner's results dir holds the launches, as for `runner run`
     assert list((project / "res").glob("broken-*/main/logs/*.log"))
+    # and the history has every case that ran, with its verdict, as `runner run` records it
+    runs = {r.case_name: r for r in HistoryStore(project / ".runner" / "history.sqlite")}
+    assert {n: r.verdict for n, r in runs.items()} == {"fine": "PASSED", "broken": "ERROR", "known_bug": "XFAIL"}
+    assert {r.session for r in runs.values()} == {str(project / "res")}
+    shown = subprocess.run([sys.executable, "-m", "runner", "history", "broken"], cwd=project, capture_output=True,
+                           text=True, timeout=300)
+    assert shown.returncode == 0 and "ERROR" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_no_history_option_records_nothing(project: Path) -> None:
+    r = pytest_run(project, "specs", "-k", "fine", "--runner-no-history", "--runner-results-dir", str(project / "res"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (project / ".runner" / "history.sqlite").exists()
+    elsewhere = project / "h.sqlite"
+    r = pytest_run(project, "specs", "-k", "fine", "--runner-history", str(elsewhere),
+                   "--runner-results-dir", str(project / "res2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [x.verdict for x in HistoryStore(elsewhere)] == ["PASSED"]
 
 
 @pytest.mark.slow
 def test_pytest_runs_the_project_examples() -> None:
-    r = pytest_run(REPO, "specs/examples/", "-q", "-k", "1ranks", "--runner-results-dir",
+    r = pytest_run(REPO, "specs/examples/", "-q", "-k", "1ranks", "--runner-no-history", "--runner-results-dir",
                    str(Path(os.environ.get("TMPDIR", "/tmp")) / f"runner-pytest-examples-{os.getpid()}"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert re.search(r"\b1 passed, \d+ deselected\b", r.stdout), r.stdout
