@@ -81,11 +81,11 @@ def test_strict_gather_default_follows_the_environment(monkeypatch: pytest.Monke
 
 
 def test_scratch_buffers_are_not_counted_as_training_memory() -> None:
-    from workloads.gpt.dist_optimizer import _Bucket
-    from workloads.gpt.train import tensor_storage_bytes
+    from workloads.gpt.dist_optimizer.buckets import Bucket
+    from workloads.gpt.memory import tensor_storage_bytes
 
     p = nn.Parameter(torch.zeros(10))
-    b = _Bucket(0, 0, [p], dp_size=1, dp_rank=0, distributed=True, shared=False, count_in_norm=True)
+    b = Bucket(0, 0, [p], dp_size=1, dp_rank=0, distributed=True, shared=False, count_in_norm=True)
     without = tensor_storage_bytes(b)
     b.gather_scratch = torch.zeros(1000)
     assert tensor_storage_bytes(b) == without

@@ -169,7 +169,7 @@ def test_faults_drop_exactly_their_state() -> None:
 
 
 def test_memory_substitutes_count_real_bytes() -> None:
-    from workloads.gpt.train import tensor_storage_bytes
+    from workloads.gpt.memory import tensor_storage_bytes
 
     cfg = GPTConfig(**SMALL)
     model = build_full_model(cfg)
