@@ -103,13 +103,9 @@ SMALL = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32,
 
 def _launch(results_dir: Path, args: dict, *, env: dict | None = None, nproc: int = 2):
     from backends.local.backend import LocalBackend
-    from runner.records import Launch
-    from runner.run.backend import run_launch
+    from workloads.gpt.direct import run_direct
 
-    launch = Launch(case_id="test::gpt-debug", name=results_dir.name, kind="gpt",
-                    entry="workloads.gpt.worker:run", args=args, nodes=1, nproc_per_node=nproc, gpus_per_node=0,
-                    env=dict(env or {}), timeout=300, results_dir=str(results_dir), job_name="test-gpt-debug")
-    return run_launch(LocalBackend(), launch)
+    return run_direct(LocalBackend(), results_dir, args, nproc=nproc, timeout=300, env=env, case_id="test::gpt-debug")
 
 
 def _losses(results_dir: Path) -> dict[int, float]:

@@ -125,6 +125,17 @@ def simulate(pp: int, vp: int, num_microbatches: int) -> list[list[Action]]:
     return rounds
 
 
+def backward_from(out: torch.Tensor, grad: torch.Tensor) -> None:
+    """Backward of ``out`` given its gradient ``grad``, what
+    ``torch.autograd.backward(out, grad_tensors=grad)`` does, without that call's shape check:
+    it imports ``torch.fx.experimental.symbolic_shapes`` and so sympy, seconds per rank (far
+    more on a loaded machine) in every stage but the last. The backward of ``sum(out * grad)``
+    hands ``out`` the gradient ``1.0 * grad``, bitwise ``grad``, so every gradient is the same."""
+    if out.shape != grad.shape or out.dtype != grad.dtype:
+        raise ValueError(f"gradient {list(grad.shape)} {grad.dtype} does not match output {list(out.shape)} {out.dtype}")
+    torch.autograd.backward(torch.sum(out * grad))
+
+
 @dataclass(frozen=True)
 class PipelineLayout:
     """Where this rank sits: its pipeline rank, and the global ranks of its pipeline group."""
@@ -273,7 +284,7 @@ class PipelineSchedule:
                     torch.autograd.backward(out)
                 else:
                     grad = self._recv(v + 1, self._tag(v + 1, a.microbatch, True))
-                    torch.autograd.backward(out, grad_tensors=grad)
+                    backward_from(out, grad)
                 if inp is not None:
                     if inp.grad is None:
                         raise RuntimeError(f"virtual stage {v}: backward of microbatch {a.microbatch} left no "
