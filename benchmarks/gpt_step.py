@@ -34,9 +34,8 @@ sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 from backends.local.backend import LocalBackend  # noqa: E402
-from runner.run.backend import run_launch as run_via_backend  # noqa: E402
-from runner.records import Launch, Outcome  # noqa: E402
 from runner.results import ResultsDir  # noqa: E402
+from workloads.gpt.direct import completed_results, run_direct  # noqa: E402
 
 CPU_PROFILE = dict(num_layers=8, hidden_size=64, num_attention_heads=4, seq_length=64, max_position_embeddings=64,
                    vocab_size=512, micro_batch_size=2, global_batch_size=16, lr=0.003, min_lr=0.0003,
@@ -47,13 +46,8 @@ CPU_PROFILE = dict(num_layers=8, hidden_size=64, num_attention_heads=4, seq_leng
 
 def run_launch(results_dir: Path, args: dict, nproc: int, timeout: float = 900) -> ResultsDir:
     """Run the gpt worker on ``nproc`` ranks through the local backend (torchrun)."""
-    launch = Launch(case_id="bench::gpt", name=results_dir.name, kind="gpt", entry="workloads.gpt.worker:run",
-                    args=args, nodes=1, nproc_per_node=nproc, gpus_per_node=0, env={}, timeout=timeout,
-                    results_dir=str(results_dir), job_name="bench-gpt")
-    outcome = run_via_backend(LocalBackend(), launch)
-    if outcome.outcome is not Outcome.COMPLETED:
-        raise SystemExit(f"{results_dir.name}: workers failed: {outcome.detail}\n{outcome.log_tail}")
-    return ResultsDir(results_dir)
+    outcome = run_direct(LocalBackend(), results_dir, args, nproc=nproc, timeout=timeout, case_id="bench::gpt")
+    return completed_results(outcome, results_dir)
 
 
 def step_stats(res: ResultsDir, skip: int) -> dict[str, float]:

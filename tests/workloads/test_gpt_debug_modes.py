@@ -81,11 +81,11 @@ def test_strict_gather_default_follows_the_environment(monkeypatch: pytest.Monke
 
 
 def test_scratch_buffers_are_not_counted_as_training_memory() -> None:
-    from workloads.gpt.dist_optimizer import _Bucket
-    from workloads.gpt.train import tensor_storage_bytes
+    from workloads.gpt.dist_optimizer.buckets import Bucket
+    from workloads.gpt.memory import tensor_storage_bytes
 
     p = nn.Parameter(torch.zeros(10))
-    b = _Bucket(0, 0, [p], dp_size=1, dp_rank=0, distributed=True, shared=False, count_in_norm=True)
+    b = Bucket(0, 0, [p], dp_size=1, dp_rank=0, distributed=True, shared=False, count_in_norm=True)
     without = tensor_storage_bytes(b)
     b.gather_scratch = torch.zeros(1000)
     assert tensor_storage_bytes(b) == without
@@ -103,13 +103,9 @@ SMALL = dict(num_layers=2, hidden_size=32, num_attention_heads=4, seq_length=32,
 
 def _launch(results_dir: Path, args: dict, *, env: dict | None = None, nproc: int = 2):
     from backends.local.backend import LocalBackend
-    from runner.records import Launch
-    from runner.run.backend import run_launch
+    from workloads.gpt.direct import run_direct
 
-    launch = Launch(case_id="test::gpt-debug", name=results_dir.name, kind="gpt",
-                    entry="workloads.gpt.worker:run", args=args, nodes=1, nproc_per_node=nproc, gpus_per_node=0,
-                    env=dict(env or {}), timeout=300, results_dir=str(results_dir), job_name="test-gpt-debug")
-    return run_launch(LocalBackend(), launch)
+    return run_direct(LocalBackend(), results_dir, args, nproc=nproc, timeout=300, env=env, case_id="test::gpt-debug")
 
 
 def _losses(results_dir: Path) -> dict[int, float]:

@@ -1,4 +1,4 @@
-"""DistributedOptimizer (workloads/gpt/dist_optimizer.py) in real multi-process gloo runs.
+"""DistributedOptimizer (workloads/gpt/dist_optimizer/) in real multi-process gloo runs.
 
 Every test spawns real processes (torch.multiprocessing, gloo over a file store); workers
 assert and any failure propagates with its traceback.

@@ -30,10 +30,9 @@ import pytest
 import torch
 
 from backends.local.backend import LocalBackend
-from runner.run.backend import run_launch
-from runner.records import Launch, Outcome
 from runner.results import ResultsDir
 from workloads.gpt.config import GPTConfig
+from workloads.gpt.direct import completed_results, run_direct
 from workloads.gpt.data import GPTSamples, IndexedDataset, MicroBatchIterator, build_synthetic_corpus
 from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
 from workloads.gpt.model import build_full_model
@@ -51,13 +50,8 @@ PARALLEL = dict(pipeline_model_parallel_size=4, num_layers_per_virtual_pipeline_
 
 def run_workers(results_dir: Path, args: dict, nproc: int, timeout: float = 300) -> ResultsDir:
     """Run the gpt worker on ``nproc`` ranks through the local backend (torchrun)."""
-    launch = Launch(case_id="test::gpt", name=results_dir.name, kind="gpt", entry="workloads.gpt.worker:run",
-                    args=args, nodes=1, nproc_per_node=nproc, gpus_per_node=0, env={}, timeout=timeout,
-                    results_dir=str(results_dir), job_name="test-gpt")
-    outcome = run_launch(LocalBackend(), launch)
-    if outcome.outcome is not Outcome.COMPLETED:
-        raise AssertionError(f"workers failed: {outcome.detail}\n{outcome.log_tail}")
-    return ResultsDir(results_dir)
+    outcome = run_direct(LocalBackend(), results_dir, args, nproc=nproc, timeout=timeout, case_id="test::gpt")
+    return completed_results(outcome, results_dir)
 
 
 def reference_losses(cfg: GPTConfig, corpus_prefix: Path) -> dict[int, float]:

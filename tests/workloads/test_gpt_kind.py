@@ -201,3 +201,14 @@ def test_ckpt_resume_passes_and_every_planted_bug_fails(runner_project) -> None:
     failed = [c for c in checks if not c.passed]
     assert [c.name for c in failed] == ["golden:lm loss:deterministic"], failed
     assert "step 2:" in failed[0].detail
+
+
+def test_direct_launch_results_only_when_every_rank_completed(tmp_path: Path) -> None:
+    from workloads.gpt.direct import completed_results, direct_launch
+
+    launch = direct_launch(tmp_path / "main", {"train_iters": 2}, nproc=2, timeout=60, case_id="test::gpt_direct")
+    assert (launch.entry, launch.kind, launch.world_size, launch.job_name) == (
+        "workloads.gpt.worker:run", "gpt", 2, "test-gpt-direct")
+    assert completed_results(LaunchOutcome(launch, Outcome.COMPLETED), tmp_path / "main").path == tmp_path / "main"
+    with pytest.raises(RuntimeError, match="main: workers failed: rank 1 exited 3"):
+        completed_results(LaunchOutcome(launch, Outcome.ERROR, detail="rank 1 exited 3"), tmp_path / "main")

@@ -66,6 +66,26 @@ def test_full_model_ties_input_and_output_embedding() -> None:
     assert unused and model.embedding.word_embeddings.weight.grad[unused].abs().sum() > 0
 
 
+def test_labels_without_a_loss_mask_are_rejected_by_name() -> None:
+    cfg = GPTConfig(**SMALL)
+    model = build_full_model(cfg)
+    tokens, labels, mask = _batch(cfg)
+    with pytest.raises(ValueError, match="loss_mask"):
+        model(tokens, labels)
+    assert torch.isfinite(model(tokens, labels, mask))
+
+
+def test_stage_chunks_without_embedding_or_output_layer_say_so() -> None:
+    cfg = GPTConfig(**SMALL, pipeline_model_parallel_size=4)
+    first, middle, last = (build_chunks(cfg, r)[0] for r in (0, 1, 3))
+    assert first.shared_embedding_weight() is first.embedding.word_embeddings.weight
+    assert last.shared_embedding_weight() is last.output_weight is not None
+    with pytest.raises(RuntimeError, match="no output layer"):
+        middle.output_layer_weight()
+    with pytest.raises(RuntimeError, match="no embedding"):
+        last._word_embedding_weight()
+
+
 def test_attention_is_causal() -> None:
     cfg = GPTConfig(**SMALL)
     model = build_full_model(cfg).eval()
@@ -169,7 +189,7 @@ def test_faults_drop_exactly_their_state() -> None:
 
 
 def test_memory_substitutes_count_real_bytes() -> None:
-    from workloads.gpt.train import tensor_storage_bytes
+    from workloads.gpt.memory import tensor_storage_bytes
 
     cfg = GPTConfig(**SMALL)
     model = build_full_model(cfg)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import fields
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from runner.errors import CaseError
 from runner.hookspecs import hookimpl
@@ -34,6 +34,9 @@ from runner.records import Case, CheckResult, LaunchOutcome
 from runner.resume.plan import ResumeSpec, resume_plans
 from workloads.gpt.config import BUILTIN_DATA, CHECKPOINT_DIRNAME, ConfigError, GPTConfig
 from workloads.gpt.faults import FAULTS, STEP_FAULTS
+
+if TYPE_CHECKING:
+    from runner.plugins import KindRegistry
 
 ENTRY = "workloads.gpt.worker:run"
 TEST_TYPES = ("regular", "ckpt-resume")
@@ -231,6 +234,6 @@ def _span(steps: Sequence[int]) -> str:
 
 
 @hookimpl
-def runner_register_kinds(registry) -> None:
+def runner_register_kinds(registry: KindRegistry) -> None:
     registry.add(GPTKind)
 

@@ -151,29 +151,42 @@ class GPTChunk(nn.Module):
             # Megatron's shared embedding copy on the last stage, kept equal by the grad all-reduce
             self.output_weight = nn.Parameter(initial_word_embedding(cfg))
 
+    def _word_embedding_weight(self) -> nn.Parameter:
+        if self.embedding is None:
+            raise RuntimeError(f"virtual stage {self.virtual_stage} has no embedding (not the first stage)")
+        weight = self.embedding.word_embeddings.weight
+        assert isinstance(weight, nn.Parameter), "nn.Embedding registers its weight as a Parameter"
+        return weight
+
     def shared_embedding_weight(self) -> nn.Parameter | None:
         """The parameter tied across first and last stage when they are on different ranks."""
         if self.pre_process and self.post_process:
             return None
         if self.pre_process:
-            return self.embedding.word_embeddings.weight
+            return self._word_embedding_weight()
         return self.output_weight
 
     def output_layer_weight(self) -> torch.Tensor:
-        return self.embedding.word_embeddings.weight if self.pre_process else self.output_weight
+        if self.pre_process:
+            return self._word_embedding_weight()
+        if self.output_weight is None:
+            raise RuntimeError(f"virtual stage {self.virtual_stage} has no output layer (not the last stage)")
+        return self.output_weight
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.pre_process:
+        if self.embedding is not None:
             x = self.embedding(x)
         for layer in self.layers:
             x = layer(x)
-        if not self.post_process:
+        if self.final_layernorm is None:
             return x
         x = self.final_layernorm(x)
         logits = torch.matmul(x, self.output_layer_weight().t())
         if labels is None:
             return logits
+        if loss_mask is None:
+            raise ValueError("GPTChunk.forward: labels given without a loss_mask (pass ones to count every token)")
         return lm_loss(logits, labels, loss_mask)
 
 

@@ -125,6 +125,17 @@ def simulate(pp: int, vp: int, num_microbatches: int) -> list[list[Action]]:
     return rounds
 
 
+def backward_from(out: torch.Tensor, grad: torch.Tensor) -> None:
+    """Backward of ``out`` given its gradient ``grad``, what
+    ``torch.autograd.backward(out, grad_tensors=grad)`` does, without that call's shape check:
+    it imports ``torch.fx.experimental.symbolic_shapes`` and so sympy, seconds per rank (far
+    more on a loaded machine) in every stage but the last. The backward of ``sum(out * grad)``
+    hands ``out`` the gradient ``1.0 * grad``, bitwise ``grad``, so every gradient is the same."""
+    if out.shape != grad.shape or out.dtype != grad.dtype:
+        raise ValueError(f"gradient {list(grad.shape)} {grad.dtype} does not match output {list(out.shape)} {out.dtype}")
+    torch.autograd.backward(torch.sum(out * grad))
+
+
 @dataclass(frozen=True)
 class PipelineLayout:
     """Where this rank sits: its pipeline rank, and the global ranks of its pipeline group."""
@@ -210,15 +221,21 @@ class PipelineSchedule:
         boundary = sender_stage if not backward else sender_stage - 1
         return (boundary * self.m + microbatch) * 2 + int(backward)
 
-    def _send(self, t: torch.Tensor, to_stage: int, tag: int, pending: list) -> None:
+    def _send(self, t: torch.Tensor, to_stage: int, tag: int, pending: list[tuple[dist.Work, torch.Tensor]]) -> None:
         dst = self.layout.rank_of_virtual_stage(to_stage)
         buf = t.detach().to("cpu").contiguous() if t.device.type != "cpu" else t.detach().contiguous()
-        pending.append((dist.isend(buf, dst=dst, group=self.p2p_group, tag=tag), buf))
+        work = dist.isend(buf, dst=dst, group=self.p2p_group, tag=tag)
+        if work is None:   # isend returns None only on a rank outside the group
+            raise RuntimeError(f"this rank is not in the pipeline's p2p group (sending to rank {dst})")
+        pending.append((work, buf))
 
     def _recv(self, from_stage: int, tag: int) -> torch.Tensor:
         src = self.layout.rank_of_virtual_stage(from_stage)
         buf = torch.empty(self.shape, dtype=self.dtype, device="cpu")
-        dist.irecv(buf, src=src, group=self.p2p_group, tag=tag).wait()
+        work = dist.irecv(buf, src=src, group=self.p2p_group, tag=tag)
+        if work is None:   # irecv returns None only on a rank outside the group
+            raise RuntimeError(f"this rank is not in the pipeline's p2p group (receiving from rank {src})")
+        work.wait()
         return buf.to(self.device) if self.device.type != "cpu" else buf
 
     # -- one step ------------------------------------------------------------------------------
@@ -227,7 +244,7 @@ class PipelineSchedule:
         detached) on the rank holding the last virtual stage, [] elsewhere."""
         if len(microbatches) != self.m:
             raise ValueError(f"expected {self.m} microbatches, got {len(microbatches)}")
-        pending: list = []
+        pending: list[tuple[dist.Work, torch.Tensor]] = []
         stored: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}
         losses: dict[int, torch.Tensor] = {}
         done_backward: dict[int, int] = {c: 0 for c in range(len(self.chunks))}
@@ -246,8 +263,10 @@ class PipelineSchedule:
                 labels = mb["labels"].to(self.device) if last else None
                 mask = mb["loss_mask"].to(self.device) if last else None
 
-                def fwd(chunk=chunk, x=x, labels=labels, mask=mask) -> torch.Tensor:
-                    return chunk(x, labels, mask)
+                def fwd(chunk: nn.Module = chunk, x: torch.Tensor = x, labels: torch.Tensor | None = labels,
+                        mask: torch.Tensor | None = mask) -> torch.Tensor:
+                    out: torch.Tensor = chunk(x, labels, mask)
+                    return out
 
                 out = self.tracker.forward((a.chunk, a.microbatch), fwd) if self.tracker else fwd()
                 if last:
@@ -265,8 +284,11 @@ class PipelineSchedule:
                     torch.autograd.backward(out)
                 else:
                     grad = self._recv(v + 1, self._tag(v + 1, a.microbatch, True))
-                    torch.autograd.backward(out, grad_tensors=grad)
+                    backward_from(out, grad)
                 if inp is not None:
+                    if inp.grad is None:
+                        raise RuntimeError(f"virtual stage {v}: backward of microbatch {a.microbatch} left no "
+                                           "gradient on its received activation")
                     self._send(inp.grad, v - 1, self._tag(v, a.microbatch, True), pending)
                 if self.tracker:
                     self.tracker.released((a.chunk, a.microbatch))

@@ -1,9 +1,8 @@
 """The GPT training loop: process groups, model chunks, pipeline schedule, distributed
 optimizer, LR schedule, data, metrics, torch_dist checkpoints and resume.
 
-Rank layout (Megatron's order with tp = 1): ``rank = pp_rank * dp + dp_rank``; data-parallel
-groups are the ranks of one pipeline stage, pipeline groups the ranks of one dp replica, and
-the embedding group of a replica is its first and last pipeline rank.
+Process groups are built in ``groups.py`` (Megatron's rank order), the CPU memory metrics
+measured in ``memory.py``.
 
 Per iteration (Megatron's ``train_step``): zero the grad buffers, take this dp rank's
 microbatches of the next global batch, run the pipeline schedule (the optimizer's buckets
@@ -34,19 +33,36 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-from workloads.gpt.config import BUILTIN_DATA, GPTConfig
-from workloads.gpt.faults import Fault
-from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
 from workloads.common import timing
-from workloads.gpt.model import TransformerLayer, build_chunks
-from workloads.gpt.pipeline import ActivationTracker, PipelineLayout, PipelineSchedule
+from workloads.gpt.checkpoint import (
+    MARKER_FILE,
+    SaveRequest,
+    finalize_pending_saves,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from workloads.gpt.config import BUILTIN_DATA, GPTConfig
+from workloads.gpt.data import GPTSamples, IndexedDataset, MicroBatchIterator, build_synthetic_corpus
+from workloads.gpt.dist_optimizer import DistributedOptimizer, OptimizerConfig
+from workloads.gpt.faults import Fault
+from workloads.gpt.groups import build_groups
+from workloads.gpt.lr_schedule import OptimizerParamScheduler, ScheduleParams
+from workloads.gpt.memory import MemoryMeter
+from workloads.gpt.model import GPTChunk, TransformerLayer, build_chunks
+from workloads.gpt.pipeline import PipelineLayout, PipelineSchedule
+
+if TYPE_CHECKING:
+    from runner.worker.context import WorkerContext
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -61,121 +77,17 @@ class RunOptions:
     fault: Fault = Fault()
 
 
-@dataclass
-class Groups:
-    world_rank: int
-    world_size: int
-    pp: int
-    dp: int
-    pp_rank: int
-    dp_rank: int
-    dp_group: Any
-    pp_group: Any
-    embedding_group: Any | None          # this rank's first/last-stage group, None if not in one
-    p2p_group: Any | None                # gloo group for pipeline messages (None: the default gloo group)
-    stage_ranks: tuple[int, ...]
+def optimizer_config(cfg: GPTConfig) -> OptimizerConfig:
+    """The distributed optimizer's arguments of a run (its default bucket size unless set)."""
+    ocfg = OptimizerConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+                           adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
+                           bf16=cfg.bf16, overlap_grad_reduce=cfg.overlap_grad_reduce,
+                           overlap_param_gather=cfg.overlap_param_gather,
+                           use_distributed_optimizer=cfg.use_distributed_optimizer)
+    return ocfg if cfg.ddp_bucket_size is None else replace(ocfg, bucket_size=cfg.ddp_bucket_size)
 
 
-def build_groups(cfg: GPTConfig) -> Groups:
-    """Create every process group (all ranks call new_group for every group, in one order)."""
-    world, rank = dist.get_world_size(), dist.get_rank()
-    pp, dp = cfg.pp, cfg.dp(world)
-    pp_rank, dp_rank = divmod(rank, dp)
-    dp_group = pp_group = emb_group = None
-    for p in range(pp):
-        g = dist.new_group([p * dp + d for d in range(dp)])
-        if p == pp_rank:
-            dp_group = g
-    for d in range(dp):
-        g = dist.new_group([p * dp + d for p in range(pp)])
-        if d == dp_rank:
-            pp_group = g
-    if pp > 1:
-        for d in range(dp):
-            ranks = [d, (pp - 1) * dp + d]
-            g = dist.new_group(ranks)
-            if rank in ranks:
-                emb_group = g
-    p2p = None
-    if dist.get_backend() != "gloo":
-        p2p = dist.new_group(list(range(world)), backend="gloo")
-    stage_ranks = tuple(p * dp + dp_rank for p in range(pp))
-    return Groups(rank, world, pp, dp, pp_rank, dp_rank, dp_group, pp_group, emb_group, p2p, stage_ranks)
-
-
-# -- memory -----------------------------------------------------------------------------------
-def tensor_storage_bytes(*roots: Any, max_depth: int = 6) -> int:
-    """Bytes of the distinct tensor storages reachable from ``roots`` through modules, lists,
-    tuples, dicts and object attributes (each storage counted once). Used on CPU as the
-    substitute for CUDA's memory_allocated: the roots are the model chunks and the optimizer,
-    so the count covers parameters, grad buffers, fp32 main params and Adam moments."""
-    seen_obj: set[int] = set()
-    seen_storage: set[int] = set()
-    total = 0
-
-    def visit(obj: Any, depth: int) -> None:
-        nonlocal total
-        if isinstance(obj, torch.Tensor):
-            st = obj.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr and ptr not in seen_storage:
-                seen_storage.add(ptr)
-                total += st.nbytes()
-            return
-        if depth > max_depth or id(obj) in seen_obj or isinstance(obj, (str, bytes, int, float, bool, type(None))):
-            return
-        seen_obj.add(id(obj))
-        if isinstance(obj, torch.nn.Module):
-            for t in list(obj.parameters()) + list(obj.buffers()):
-                visit(t, depth + 1)
-            return
-        if isinstance(obj, dict):
-            for v in obj.values():
-                visit(v, depth + 1)
-        elif isinstance(obj, (list, tuple, set)):
-            for v in obj:
-                visit(v, depth + 1)
-        elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("workloads."):
-            untracked = getattr(type(obj), "untracked_attributes", ())
-            for k, v in vars(obj).items():
-                if k not in untracked:
-                    visit(v, depth + 1)
-
-    for r in roots:
-        visit(r, 0)
-    return total
-
-
-class MemoryMeter:
-    """``mem-allocated-bytes`` / ``mem-max-allocated-bytes``: CUDA allocator statistics on GPU;
-    on CPU the bytes of the tensors the training state holds (model, grad buffers, optimizer
-    shards) after the iteration, and for the maximum that plus the iteration's microbatch data
-    and the peak of activation bytes held for backward (saved-tensor hooks)."""
-
-    def __init__(self, device: torch.device, roots: tuple[Any, ...], param_storages: list[int]) -> None:
-        self.cuda = device.type == "cuda"
-        self.roots = roots
-        self.param_storages = param_storages
-        self.max_bytes = 0
-        self.tracker: ActivationTracker | None = None
-
-    def begin(self) -> ActivationTracker | None:
-        if self.cuda:
-            return None
-        self.tracker = ActivationTracker(self.param_storages)
-        return self.tracker
-
-    def end(self, batches: Any) -> tuple[float, float]:
-        if self.cuda:
-            return float(torch.cuda.memory_allocated()), float(torch.cuda.max_memory_allocated())
-        allocated = tensor_storage_bytes(*self.roots)
-        peak = allocated + tensor_storage_bytes(batches) + (self.tracker.peak if self.tracker else 0)
-        self.max_bytes = max(self.max_bytes, peak)
-        return float(allocated), float(self.max_bytes)
-
-
-# -- checkpoint state -------------------------------------------------------------------------
-def model_state(chunks) -> dict[str, torch.Tensor]:
+def model_state(chunks: Sequence[GPTChunk]) -> dict[str, torch.Tensor]:
     """Model parameters keyed by virtual stage (identical on dp replicas: one copy is written)."""
     out = {}
     for chunk in chunks:
@@ -187,11 +99,7 @@ def model_state(chunks) -> dict[str, torch.Tensor]:
 class Trainer:
     """One rank's training run; ``run()`` does the whole thing."""
 
-    def __init__(self, ctx, cfg: GPTConfig, opts: RunOptions) -> None:
-        from workloads.gpt.data import (GPTSamples, IndexedDataset, MicroBatchIterator,
-                                        build_synthetic_corpus)
-        from workloads.gpt.dist_optimizer import DistributedOptimizer, OptimizerConfig
-
+    def __init__(self, ctx: WorkerContext, cfg: GPTConfig, opts: RunOptions) -> None:
         self.ctx, self.cfg, self.opts = ctx, cfg, opts
         self.device = ctx.device
         self.g = g = build_groups(cfg)
@@ -202,33 +110,15 @@ class Trainer:
         shared = None
         if g.embedding_group is not None:
             owner = self.chunks[0] if g.pp_rank == 0 else self.chunks[-1]
-            shared = (owner.shared_embedding_weight(), g.embedding_group)
-        ocfg_kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
-                           adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps, clip_grad=cfg.clip_grad,
-                           bf16=cfg.bf16, overlap_grad_reduce=cfg.overlap_grad_reduce,
-                           overlap_param_gather=cfg.overlap_param_gather,
-                           use_distributed_optimizer=cfg.use_distributed_optimizer)
-        if cfg.ddp_bucket_size is not None:
-            ocfg_kwargs["bucket_size"] = cfg.ddp_bucket_size
-        self.optimizer = DistributedOptimizer(self.chunks, OptimizerConfig(**ocfg_kwargs), dp_group=g.dp_group,
+            weight = owner.shared_embedding_weight()
+            if weight is None:
+                raise RuntimeError(f"pipeline rank {g.pp_rank} is in an embedding group but holds no tied embedding")
+            shared = (weight, g.embedding_group)
+        self.optimizer = DistributedOptimizer(self.chunks, optimizer_config(cfg), dp_group=g.dp_group,
                                               mp_group=g.pp_group, shared_embedding=shared)
         opts.fault.apply_to_optimizer(self.optimizer)
         self.scheduler = OptimizerParamScheduler(ScheduleParams.from_config(cfg))
-
-        # data: every rank reads (first stage needs tokens, last stage labels; all keep the position)
-        if opts.data == BUILTIN_DATA:
-            cache = opts.data_cache or (ctx.results_dir / "data")
-            prefix = cache / f"synthetic_v{cfg.vocab_size}_n{cfg.num_documents}_s{cfg.seed}"
-            if ctx.local_rank == 0:   # one writer per node: right on shared and on node-local disks
-                cache.mkdir(parents=True, exist_ok=True)
-                build_synthetic_corpus(prefix, vocab_size=cfg.vocab_size, num_documents=cfg.num_documents,
-                                       seed=cfg.seed)
-            dist.barrier()
-        else:
-            prefix = Path(opts.data)
-        samples = GPTSamples(IndexedDataset(prefix), seq_length=cfg.seq_length, seed=cfg.seed,
-                             num_samples=cfg.train_iters * cfg.global_batch_size)
-        self.data = MicroBatchIterator(samples, micro_batch_size=cfg.micro_batch_size,
+        self.data = MicroBatchIterator(self._samples(), micro_batch_size=cfg.micro_batch_size,
                                        global_batch_size=cfg.global_batch_size, dp_rank=g.dp_rank, dp_size=g.dp)
         m = self.data.num_microbatches
         layout = PipelineLayout(g.pp_rank, g.stage_ranks, cfg.vp)
@@ -243,15 +133,30 @@ class Trainer:
         self.is_last_stage = g.pp_rank == g.pp - 1
         self.iteration = 0
         self.saved: list[int] = []
-        self.pending_save = None
+        self.pending_save: SaveRequest | None = None
         self.timings: dict[str, Any] = {}
         if opts.fault.doubles_compute:
             timing.double_compute(m for c in self.chunks for m in c.modules() if isinstance(m, TransformerLayer))
 
+    def _samples(self) -> GPTSamples:
+        """The run's samples; every rank reads (first stage needs tokens, last stage labels;
+        all keep the position)."""
+        cfg, opts = self.cfg, self.opts
+        if opts.data == BUILTIN_DATA:
+            cache = opts.data_cache or (self.ctx.results_dir / "data")
+            prefix = cache / f"synthetic_v{cfg.vocab_size}_n{cfg.num_documents}_s{cfg.seed}"
+            if self.ctx.local_rank == 0:   # one writer per node: right on shared and on node-local disks
+                cache.mkdir(parents=True, exist_ok=True)
+                build_synthetic_corpus(prefix, vocab_size=cfg.vocab_size, num_documents=cfg.num_documents,
+                                       seed=cfg.seed)
+            dist.barrier()
+        else:
+            prefix = Path(opts.data)
+        return GPTSamples(IndexedDataset(prefix), seq_length=cfg.seq_length, seed=cfg.seed,
+                          num_samples=cfg.train_iters * cfg.global_batch_size)
+
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        from workloads.gpt.checkpoint import rng_state
-
         state: dict[str, Any] = {
             "model": model_state(self.chunks),
             "optimizer": self.optimizer.sharded_state_dict(),
@@ -271,25 +176,21 @@ class Trainer:
         return {"tp": c.tensor_model_parallel_size, "pp": self.g.pp, "vp": c.vp, "dp": self.g.dp,
                 "world_size": self.g.world_size, "model": model}
 
-    def save(self) -> None:
-        from workloads.gpt.checkpoint import save_checkpoint
-
+    def save(self, save_dir: Path) -> None:
         if self.pending_save is not None:
             self.pending_save.wait()
         self.optimizer.finish_param_sync()
         t0 = time.perf_counter()
-        self.pending_save = save_checkpoint(self.opts.save_dir, self.iteration, self.checkpoint_state(),
+        self.pending_save = save_checkpoint(save_dir, self.iteration, self.checkpoint_state(),
                                             async_save=self.cfg.async_save, layout=self.layout_record())
         self.timings.setdefault("checkpoint_save_blocking_s", []).append(time.perf_counter() - t0)
         self.saved.append(self.iteration)
         self.opts.fault.after_save_started(self.pending_save, len(self.saved), self.g.world_rank)
 
-    def load(self) -> None:
-        from workloads.gpt.checkpoint import load_checkpoint, set_rng_state
-
+    def load(self, load_dir: Path) -> None:
         state = self.checkpoint_state()
         t0 = time.perf_counter()
-        self.iteration = load_checkpoint(self.opts.load_dir, state, layout=self.layout_record())
+        self.iteration = load_checkpoint(load_dir, state, layout=self.layout_record())
         self.timings["checkpoint_load_s"] = time.perf_counter() - t0
         if "optimizer" in state:
             self.optimizer.load_sharded_state_dict(state["optimizer"])
@@ -303,7 +204,7 @@ class Trainer:
         if int(state["iteration"]) != self.iteration:
             raise RuntimeError(f"checkpoint iteration {state['iteration']} != marker {self.iteration}")
         del state
-        print(f"resumed from {self.opts.load_dir} at iteration {self.iteration}", flush=True)
+        print(f"resumed from {load_dir} at iteration {self.iteration}", flush=True)
 
     # -- one iteration ----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -358,11 +259,9 @@ class Trainer:
         return None
 
     def run(self) -> None:
-        from workloads.gpt.checkpoint import MARKER_FILE
-
-        cfg, load_dir = self.cfg, self.opts.load_dir
+        cfg, load_dir, save_dir = self.cfg, self.opts.load_dir, self.opts.save_dir
         if load_dir is not None and (not self.opts.load_optional or (load_dir / MARKER_FILE).is_file()):
-            self.load()
+            self.load(load_dir)
         elif load_dir is not None:
             print(f"no checkpoint in {load_dir}: training from scratch", flush=True)
         writer = self.open_tensorboard()
@@ -376,12 +275,10 @@ class Trainer:
                         writer.add_scalar(name, value, self.iteration)
                 print(f"iteration {self.iteration}/{cfg.train_iters} " +
                       " ".join(f"{k}={v:.6g}" for k, v in metrics.items()), flush=True)
-            if self.opts.save_dir is not None and cfg.save_interval and self.iteration % cfg.save_interval == 0:
-                self.save()
+            if save_dir is not None and cfg.save_interval and self.iteration % cfg.save_interval == 0:
+                self.save(save_dir)
         self.optimizer.finish_param_sync()
         if self.pending_save is not None:
-            from workloads.gpt.checkpoint import finalize_pending_saves
-
             self.pending_save.wait()
             finalize_pending_saves()
         if writer is not None:
@@ -389,8 +286,8 @@ class Trainer:
         dist.barrier()
 
 
-def train(ctx, cfg: GPTConfig, opts: RunOptions) -> None:
-    """Run one training launch in this rank (ctx: runner.worker.context.WorkerContext)."""
+def train(ctx: WorkerContext, cfg: GPTConfig, opts: RunOptions) -> None:
+    """Run one training launch in this rank."""
     from workloads.common.determinism import deterministic, seed_everything
 
     ctx.init_distributed()
@@ -402,7 +299,7 @@ def train(ctx, cfg: GPTConfig, opts: RunOptions) -> None:
         _train(ctx, cfg, opts, seed_everything)
 
 
-def _train(ctx, cfg: GPTConfig, opts: RunOptions, seed_everything) -> None:
+def _train(ctx: WorkerContext, cfg: GPTConfig, opts: RunOptions, seed_everything: Callable[[int], None]) -> None:
     trainer = Trainer(ctx, cfg, opts)
     # Megatron's _set_random_seed: one stream per pipeline stage, shared by its dp replicas
     seed_everything(cfg.seed + 100 * trainer.g.pp_rank)

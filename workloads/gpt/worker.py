@@ -7,12 +7,19 @@ in ``load_from`` (``ctx.sibling_dir``) — and trains.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
 from workloads.gpt.config import BUILTIN_DATA, CHECKPOINT_DIRNAME, GPTConfig
 from workloads.gpt.faults import Fault
 from workloads.gpt.train import RunOptions, train
 
+if TYPE_CHECKING:
+    from runner.worker.context import WorkerContext
+    from workloads.gpt.megatron_args import MegatronRun
 
-def run_options(ctx, args) -> RunOptions:
+
+def run_options(ctx: WorkerContext, args: Mapping[str, Any]) -> RunOptions:
     cfg_has_saves = bool(args.get("save_interval"))
     load_from = args.get("load_from")
     return RunOptions(
@@ -24,20 +31,18 @@ def run_options(ctx, args) -> RunOptions:
     )
 
 
-def run(ctx) -> None:
+def run(ctx: WorkerContext) -> None:
     args = dict(ctx.args)
     cfg = GPTConfig.from_args(args)
     train(ctx, cfg, run_options(ctx, args))
 
 
-def megatron_options(ctx, parsed) -> RunOptions:
+def megatron_options(ctx: WorkerContext, parsed: MegatronRun) -> RunOptions:
     """RunOptions from a parsed Megatron command line: --save only with --save-interval (as
     Megatron), --load a folder that may hold no checkpoint yet (then training starts fresh)."""
-    from pathlib import Path
-
-    saves = parsed.save is not None and parsed.config.get("save_interval")
+    saves = parsed.config.get("save_interval")
     return RunOptions(
-        save_dir=Path(parsed.save) if saves else None,
+        save_dir=Path(parsed.save) if parsed.save is not None and saves else None,
         load_dir=Path(parsed.load) if parsed.load else None,
         load_optional=True,
         data=parsed.data,
@@ -46,7 +51,7 @@ def megatron_options(ctx, parsed) -> RunOptions:
     )
 
 
-def run_megatron(ctx, argv: list[str]) -> None:
+def run_megatron(ctx: WorkerContext, argv: list[str]) -> None:
     """The built-in training entry that speaks Megatron's command line."""
     from workloads.gpt.megatron_args import parse
 
