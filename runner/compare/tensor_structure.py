@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from runner.compare.tensor_mismatch import TensorMismatch
+
+if TYPE_CHECKING:   # torch loads when a comparison runs
+    import torch
 
 #: deepdiff report types and the mismatch reason each one becomes
 HANDLED_REPORTS = {
@@ -113,7 +116,7 @@ class _Bits:
         return struct.pack("<d", self.value)
 
 
-def _light(value: Any, tensor: type) -> Any:
+def _light(value: Any, tensor: type[torch.Tensor]) -> Any:
     if isinstance(value, tensor):
         return _Desc(str(value.dtype), tuple(value.shape))
     if isinstance(value, float):
@@ -129,7 +132,7 @@ def _type_name(v: Any) -> str:
     return "Tensor" if isinstance(v, _Desc) else ("float" if isinstance(v, _Bits) else type(v).__name__)
 
 
-def structure_mismatches(expected: Any, actual: Any, tensor: type) -> list[TensorMismatch]:
+def structure_mismatches(expected: Any, actual: Any, tensor: type[torch.Tensor]) -> list[TensorMismatch]:
     """Every difference deepdiff finds between the two trees, tensors as (dtype, shape) and
     floats as bits; a report type not in ``HANDLED_REPORTS`` is a mismatch of its own."""
     from deepdiff import DeepDiff
