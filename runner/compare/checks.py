@@ -106,17 +106,23 @@ def _per_step(job: MetricJob, check: str, close: "np.ndarray", passed: bool, wha
     return CheckResult(f"{job.name}:{check}", False, detail, data=data)
 
 
+def _every_step_close(job: MetricJob, check: str, actual: "np.ndarray", what: str, rtol: float = 0.0,
+                      atol: float = 0.0, note: str = "") -> CheckResult:
+    """``actual`` (the run's values, rounded or raw) close to the golden's at every step (equal
+    with the default tolerances of 0); a failure's detail ends with ``note``."""
+    close = _series().isclose(actual, job.aligned.expected, rtol, atol)
+    res = _per_step(job, check, close, bool(_np().all(close)), what)
+    return res if res.passed or not note else CheckResult(res.name, False, res.detail + note, data=res.data)
+
+
 class Deterministic(MetricCheck):
     id = "deterministic"
     description = "every step equal (Megatron's files: the run rounded to their 5 decimals)"
     exact = True
 
     def run(self, job: MetricJob) -> CheckResult:
-        al = job.aligned
-        close = _series().isclose(al.actual, al.expected, 0.0, 0.0)
         prec = "" if job.decimals is None else f" (exact at the golden's {job.decimals}-decimal precision)"
-        res = _per_step(job, self.id, close, bool(_np().all(close)), "exact")
-        return res if res.passed else CheckResult(res.name, False, res.detail + prec, data=res.data)
+        return _every_step_close(job, self.id, job.aligned.actual, "exact", note=prec)
 
 
 class Bitwise(MetricCheck):
@@ -125,9 +131,7 @@ class Bitwise(MetricCheck):
     exact = True
 
     def run(self, job: MetricJob) -> CheckResult:
-        al = job.aligned
-        close = _series().isclose(al.raw, al.expected, 0.0, 0.0)
-        return _per_step(job, self.id, close, bool(_np().all(close)), "bitwise")
+        return _every_step_close(job, self.id, job.aligned.raw, "bitwise")
 
 
 class Approximate(MetricCheck):
@@ -148,9 +152,9 @@ class Close(MetricCheck):
     description = "numpy.isclose on every step, no failing step allowed"
 
     def run(self, job: MetricJob) -> CheckResult:
-        al, r = job.aligned, job.rule
-        close = _series().isclose(al.actual, al.expected, r.rtol, r.atol)
-        return _per_step(job, self.id, close, bool(_np().all(close)), f"close (rtol {r.rtol:g}, atol {r.atol:g})")
+        r = job.rule
+        return _every_step_close(job, self.id, job.aligned.actual, f"close (rtol {r.rtol:g}, atol {r.atol:g})",
+                                 r.rtol, r.atol)
 
 
 def timing_window(golden: "GoldenSeries", rule: "Rule") -> tuple[list[int], str]:

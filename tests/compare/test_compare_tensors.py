@@ -171,3 +171,84 @@ def test_tolerance_mode():
     c[7] = 2.0
     (m,) = compare_tensor_trees({"t": a}, {"t": c}, bitwise=False, rtol=1e-5)
     assert m.count == 1 and m.index == (7,)
+
+
+# -- batched comparison of many small tensors: each test plants differences the batches must find
+def test_many_small_tensors_several_differ_in_several_dtypes():
+    ref = {f"f{i:04d}": torch.full((3,), float(i)) for i in range(3000)}
+    ref.update({f"h{i:04d}": torch.full((2,), float(i), dtype=torch.bfloat16) for i in range(1000)})
+    ref.update({f"i{i:04d}": torch.full((2,), i, dtype=torch.int64) for i in range(1000)})
+    cand = {k: v.clone() for k, v in ref.items()}
+    cand["f0000"][0] = 1.0
+    cand["f1234"][2] = -0.0 if ref["f1234"][2] == 0 else 0.5
+    cand["f2999"][1] = float("nan")
+    cand["h0500"].view(torch.int16)[0] += 1
+    cand["i0999"][1] = -7
+    out = compare_tensor_trees(ref, cand)
+    assert [(path_key(m.key), m.index) for m in out] == [
+        ("f0000", (0,)), ("f1234", (2,)), ("f2999", (1,)), ("h0500", (0,)), ("i0999", (1,))]
+    assert all(m.reason == "values" and m.count == 1 for m in out)
+
+
+def test_every_small_tensor_differs():
+    ref = [torch.zeros(2) for _ in range(300)]
+    cand = [torch.ones(2) for _ in range(300)]
+    out = compare_tensor_trees(ref, cand)
+    assert len(out) == 300 and {m.count for m in out} == {2}
+
+
+def test_mixed_ranks_and_scalars_in_one_dtype():
+    ref = {"m": torch.zeros(2, 3), "v": torch.zeros(4), "s": torch.tensor(1.0), "e": torch.zeros(0, 5),
+           "t": torch.arange(6.0).view(2, 3).t()}
+    cand = {k: v.clone() for k, v in ref.items()}
+    assert compare_tensor_trees(ref, cand) == []
+    cand["s"] = torch.tensor(-1.0)
+    cand["t"] = ref["t"].contiguous()
+    cand["t"][2, 1] = 9.0
+    out = compare_tensor_trees(ref, cand)
+    assert [(path_key(m.key), m.index) for m in out] == [("s", ()), ("t", (2, 1))]
+
+
+def test_small_tensors_over_one_batch_are_compared_in_chunks(monkeypatch):
+    from runner.compare import tensor_batch
+
+    monkeypatch.setattr(tensor_batch, "BATCH_BYTES", 64)        # 4 tensors of 16 bytes per batch
+    ref = {f"t{i:02d}": torch.full((4,), float(i)) for i in range(40)}
+    cand = {k: v.clone() for k, v in ref.items()}
+    assert compare_tensor_trees(ref, cand) == []
+    cand["t37"][3] = 0.0
+    (m,) = compare_tensor_trees(ref, cand)
+    assert path_key(m.key) == "t37" and m.index == (3,)
+
+
+def test_large_and_small_tensors_together():
+    big = torch.zeros(tensor_batch_small_bytes() // 4 + 1)
+    ref = {"big": big, **{f"s{i}": torch.zeros(2) for i in range(50)}}
+    cand = {k: v.clone() for k, v in ref.items()}
+    cand["big"][-1] = 1.0
+    cand["s49"][0] = 2.0
+    out = compare_tensor_trees(ref, cand)
+    assert [(path_key(m.key), m.index) for m in out] == [("big", (big.numel() - 1,)), ("s49", (0,))]
+
+
+def tensor_batch_small_bytes() -> int:
+    from runner.compare.tensor_batch import SMALL_BYTES
+
+    return SMALL_BYTES
+
+
+def test_close_mode_in_batches():
+    ref = {f"w{i}": torch.full((4,), 1.0 + i) for i in range(200)}
+    ref["nan"] = torch.tensor([float("nan"), 1.0])
+    ref.update({f"n{i}": torch.full((2,), i) for i in range(50)})
+    ref["fp8"] = torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn)
+    near = {k: (v * (1 + 1e-7) if v.is_floating_point() and v.element_size() > 1 else v.clone())
+            for k, v in ref.items()}
+    assert compare_tensor_trees(ref, near, bitwise=False, rtol=1e-5) == []      # NaN equal to NaN by value
+    assert len(compare_tensor_trees(ref, near)) == 201                          # bitwise: every float differs
+    far = {k: v.clone() for k, v in ref.items()}
+    far["w123"][1] += 1e-2
+    far["n7"][0] += 1                                                            # ints exact in close mode
+    far["fp8"].view(torch.uint8)[0] ^= 1                                         # fp8 by bytes in close mode
+    out = compare_tensor_trees(ref, far, bitwise=False, rtol=1e-5)
+    assert [(path_key(m.key), m.index) for m in out] == [("fp8", (0,)), ("n7", (0,)), ("w123", (1,))]

@@ -16,8 +16,9 @@ Two ways to move rows:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -62,7 +63,7 @@ def make_routing(topk_idx: torch.Tensor, num_experts: int, world_size: int) -> t
     return Routing(num_tokens, topk, order, inverse, input_splits), counts
 
 
-def exchange_counts(routing: Routing, counts: torch.Tensor, group=None) -> Routing:
+def exchange_counts(routing: Routing, counts: torch.Tensor, group: dist.ProcessGroup | None = None) -> Routing:
     """Send every rank the number of rows it will get for each of its experts (synchronous:
     the token all-to-all needs these split sizes on the host)."""
     world = dist.get_world_size(group)
@@ -84,54 +85,66 @@ def local_expert_order(recv_counts: torch.Tensor, device: torch.device) -> tuple
 
 
 def _a2a(out: torch.Tensor, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
-         group=None, async_op: bool = False):
-    return dist.all_to_all_single(out, inp.contiguous(), list(out_splits), list(in_splits), group=group,
-                                  async_op=async_op)
+         group: dist.ProcessGroup | None = None) -> None:
+    dist.all_to_all_single(out, inp.contiguous(), list(out_splits), list(in_splits), group=group)
+
+
+def _a2a_async(out: torch.Tensor, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
+               group: dist.ProcessGroup | None) -> dist.Work:
+    work = dist.all_to_all_single(out, inp.contiguous(), list(out_splits), list(in_splits), group=group,
+                                  async_op=True)
+    assert work is not None   # async_op=True returns the work handle
+    return work
 
 
 class AllToAll(torch.autograd.Function):
     """Synchronous, differentiable all-to-all of rows: backward sends gradients back."""
 
     @staticmethod
-    def forward(ctx, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int], group=None):
+    def forward(ctx: Any, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
+                group: dist.ProcessGroup | None = None) -> torch.Tensor:
         ctx.splits, ctx.group = (tuple(out_splits), tuple(in_splits)), group
         out = inp.new_empty((sum(out_splits),) + tuple(inp.shape[1:]))
         _a2a(out, inp, out_splits, in_splits, group)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         out_splits, in_splits = ctx.splits
         back = grad.new_empty((sum(in_splits),) + tuple(grad.shape[1:]))
         _a2a(back, grad, in_splits, out_splits, ctx.group)
         return back, None, None, None
 
 
-def all_to_all(inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int], group=None) -> torch.Tensor:
-    return AllToAll.apply(inp, tuple(out_splits), tuple(in_splits), group)
+def all_to_all(inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
+               group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    out: torch.Tensor = AllToAll.apply(inp, tuple(out_splits), tuple(in_splits), group)
+    return out
 
 
 class Pending:
-    """A value that may still be in flight: ``wait()`` returns it once it is usable here.
+    """A tensor that may still be in flight: ``wait()`` returns it once it is usable here.
 
-    ``finish`` (optional) runs once after the communication completes (e.g. the combine
-    node's post-processing), in the waiting thread/stream.
+    ``then`` (optional) computes what ``wait()`` returns, once, after the communication
+    completed (e.g. the combine node's post-processing), in the waiting thread/stream; a
+    ``Pending`` without a value has one (a node whose work all happens at the wait).
     """
 
-    def __init__(self, value: torch.Tensor | None, *, work=None, event=None, keep: tuple = (),
-                 finish: Callable[[torch.Tensor | None], object] | None = None,
+    def __init__(self, value: torch.Tensor | None, *, work: dist.Work | None = None,
+                 event: torch.cuda.Event | None = None, keep: tuple[torch.Tensor, ...] = (),
+                 then: Callable[[], torch.Tensor] | None = None,
                  on_wait: Callable[[], None] | None = None, land: Callable[[], None] | None = None) -> None:
+        if value is None and then is None:
+            raise ValueError("a Pending needs a value or a computation to run at the wait")
         self._value, self._work, self._event, self._keep = value, work, event, keep
-        self._finish, self._land = finish, land
+        self._then, self._land = then, land
         self._on_wait: list[Callable[[], None]] = [on_wait] if on_wait is not None else []
-        self._done = work is None and event is None and finish is None
-        self._result: object = value
+        self._done = work is None and event is None and then is None
+        self._result = value
 
     @classmethod
-    def ready(cls, value) -> "Pending":
-        p = cls(None)
-        p._result = value
-        return p
+    def ready(cls, value: torch.Tensor) -> "Pending":
+        return cls(value)
 
     @property
     def done(self) -> bool:
@@ -145,22 +158,22 @@ class Pending:
         """The buffer as it is now, without waiting (what a missing wait would read)."""
         return self._value
 
-    def wait(self):
-        if self._done:
-            return self._result
-        for fn in self._on_wait:
-            fn()
-        if self._work is not None:
-            self._work.wait()
-        if self._event is not None:
-            stream = torch.cuda.current_stream()
-            stream.wait_event(self._event)
-            if self._value is not None:
-                self._value.record_stream(stream)
-        if self._land is not None:
-            self._land()   # poison mode: the received rows land in the visible buffer only now
-        self._result = self._finish(self._value) if self._finish is not None else self._value
-        self._done, self._keep, self._work, self._event = True, (), None, None
+    def wait(self) -> torch.Tensor:
+        if not self._done:
+            for fn in self._on_wait:
+                fn()
+            if self._work is not None:
+                self._work.wait()
+            if self._event is not None:
+                stream = torch.cuda.current_stream()
+                stream.wait_event(self._event)
+                if self._value is not None:
+                    self._value.record_stream(stream)
+            if self._land is not None:
+                self._land()   # poison mode: the received rows land in the visible buffer only now
+            self._result = self._then() if self._then is not None else self._value
+            self._done, self._keep, self._work, self._event = True, (), None, None
+        assert self._result is not None   # __init__: a value, or a computation that returns one
         return self._result
 
 
@@ -181,7 +194,7 @@ class Communicator:
     all-to-all was, instead of by chance.
     """
 
-    def __init__(self, device: torch.device, group=None, *, poison: bool = False) -> None:
+    def __init__(self, device: torch.device, group: dist.ProcessGroup | None = None, *, poison: bool = False) -> None:
         self.device, self.group, self.poison = device, group, poison
         self.stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
 
@@ -196,19 +209,21 @@ class Communicator:
         return visible, land
 
     def all_to_all(self, inp: torch.Tensor, out_splits: Sequence[int], in_splits: Sequence[int],
-                   finish: Callable[[torch.Tensor], object] | None = None) -> Pending:
+                   finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Pending:
+        """Launch the all-to-all; ``finish(received rows)`` is what the result's ``wait()``
+        returns (default: the received rows)."""
         inp = inp.contiguous()
         shape = (sum(out_splits),) + tuple(inp.shape[1:])
         if self.stream is None:
             scratch = inp.new_empty(shape)
-            work = _a2a(scratch, inp, out_splits, in_splits, self.group, async_op=True)
+            work = _a2a_async(scratch, inp, out_splits, in_splits, self.group)
             out, land = self._visible(scratch)
-            return Pending(out, work=work, keep=(inp, scratch), finish=finish, land=land)
+            return Pending(out, work=work, keep=(inp, scratch), then=_bind(finish, out), land=land)
         compute = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(compute)  # the input was produced on the compute stream
         with torch.cuda.stream(self.stream):
             scratch = inp.new_empty(shape)
-            work = _a2a(scratch, inp, out_splits, in_splits, self.group, async_op=True)
+            work = _a2a_async(scratch, inp, out_splits, in_splits, self.group)
             work.wait()  # the comm stream waits for the collective; the host does not
             event = torch.cuda.Event()
             event.record(self.stream)
@@ -216,7 +231,7 @@ class Communicator:
         out, land = self._visible(scratch)   # on the compute stream: copied there after the event
         if land is not None:
             scratch.record_stream(compute)
-        return Pending(out, event=event, keep=(inp, scratch), finish=finish, land=land)
+        return Pending(out, event=event, keep=(inp, scratch), then=_bind(finish, out), land=land)
 
     def exchange_counts(self, routing: Routing, counts: torch.Tensor) -> Routing:
         if self.stream is None:
@@ -227,13 +242,17 @@ class Communicator:
         return result
 
 
+def _bind(finish: Callable[[torch.Tensor], torch.Tensor] | None, rows: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+    return None if finish is None else functools.partial(finish, rows)
+
+
 class TokenDispatcher:
     """Synchronous dispatch/combine of hidden states by top-k routing (used by the reference
     run and the dispatcher tests): ``dispatch`` returns the rows this rank's experts get,
     grouped as [source rank][local expert]; ``combine`` sends expert outputs back and
     restores (token, k) order."""
 
-    def __init__(self, num_experts: int, group=None) -> None:
+    def __init__(self, num_experts: int, group: dist.ProcessGroup | None = None) -> None:
         self.num_experts, self.group = num_experts, group
         self.world = dist.get_world_size(group)
         if num_experts % self.world:

@@ -22,7 +22,10 @@ restore between the runs); the others are planted in the schedule.
 """
 from __future__ import annotations
 
-from typing import Any, MutableMapping
+from typing import TYPE_CHECKING, Any, MutableMapping
+
+if TYPE_CHECKING:
+    import torch
 
 SKIP_WEIGHT_RESTORE = "skip_weight_restore"
 SKIP_ZERO_GRAD = "skip_zero_grad"
@@ -39,7 +42,7 @@ FAULTS: dict[str, str] = {
 }
 
 
-def wrong_microbatch_grad(last: MutableMapping[Any, Any], key: Any, grad):
+def wrong_microbatch_grad(last: MutableMapping[Any, torch.Tensor], key: Any, grad: torch.Tensor) -> torch.Tensor:
     """Return the gradient stored for ``key`` by the previous microbatch (if any) and store
     this microbatch's in its place."""
     previous = last.get(key)

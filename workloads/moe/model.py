@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -71,12 +72,12 @@ class Fanout(torch.autograd.Function):
     """Hands out ``n`` copies of a tensor; backward sums the copies' gradients left to right."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, n: int):
+    def forward(ctx: Any, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         return tuple(x.clone() for _ in range(n))
 
     @staticmethod
-    def backward(ctx, *grads):
-        total = None
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
+        total: torch.Tensor | None = None
         for g in grads:
             if g is not None:
                 total = g if total is None else total + g
@@ -174,7 +175,22 @@ class TransformerLayer(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.hidden)
         self.attn = SelfAttention(cfg, gen)
         self.ln2 = nn.LayerNorm(cfg.hidden)
-        self.mlp: nn.Module = MoEMLP(cfg, gen, rank) if cfg.is_moe else DenseMLP(cfg.hidden, cfg.ffn_hidden, gen)
+        self.mlp: MoEMLP | DenseMLP = MoEMLP(cfg, gen, rank) if cfg.is_moe else DenseMLP(cfg.hidden, cfg.ffn_hidden, gen)
+
+    @property
+    def moe_mlp(self) -> MoEMLP:
+        """The MoE MLP of a MoE variant's layer (router, experts, shared expert)."""
+        assert isinstance(self.mlp, MoEMLP), "a dense layer has no router or experts"
+        return self.mlp
+
+
+def transformer_layers(modules: Iterable[nn.Module]) -> list[TransformerLayer]:
+    """The layers of a ``ModuleList`` as what they are (``ModuleList`` items are typed ``Module``)."""
+    layers = []
+    for m in modules:
+        assert isinstance(m, TransformerLayer), type(m).__name__
+        layers.append(m)
+    return layers
 
 
 # -- the layer as node computations ------------------------------------------------------------
@@ -189,7 +205,7 @@ def pre_dispatch(layer: TransformerLayer, x: torch.Tensor) -> tuple[dict[str, to
     if not cfg.is_moe:
         return {"residual": a, "tokens": t}, None, None
     copies = Fanout.apply(t, 3 if cfg.shared_expert else 2)
-    probs, idx = layer.mlp.router(copies[0])
+    probs, idx = layer.moe_mlp.router(copies[0])
     routing, counts = make_routing(idx, cfg.num_experts, cfg.ep_size)
     out = {
         "residual": a,
@@ -211,10 +227,11 @@ def mlp(layer: TransformerLayer, inputs: Mapping[str, torch.Tensor], routing: Ro
     perm, counts = local_expert_order(routing.recv_counts, rows.device)
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-    grouped = layer.mlp.experts(rows.index_select(0, perm), counts)
+    moe = layer.moe_mlp
+    grouped = moe.experts(rows.index_select(0, perm), counts)
     out = {"expert_rows": grouped.index_select(0, inverse)}
-    if cfg.shared_expert:
-        out["shared_out"] = layer.mlp.shared_expert(inputs["shared_in"])
+    if moe.shared_expert is not None:   # cfg.shared_expert
+        out["shared_out"] = moe.shared_expert(inputs["shared_in"])
     return out
 
 
@@ -233,7 +250,7 @@ def combine_post(layer: TransformerLayer, inputs: Mapping[str, torch.Tensor], ro
     return out
 
 
-def layer_reference_forward(layer: TransformerLayer, x: torch.Tensor, group=None) -> torch.Tensor:
+def layer_reference_forward(layer: TransformerLayer, x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """The whole layer as one autograd graph with synchronous all-to-alls."""
     from workloads.moe.dispatcher import all_to_all, exchange_counts
 
@@ -241,6 +258,7 @@ def layer_reference_forward(layer: TransformerLayer, x: torch.Tensor, group=None
     if routing is None:
         mid = mlp(layer, pre, None)
         return combine_post(layer, {**pre, **mid}, None)
+    assert counts is not None   # pre_dispatch returns routing and counts together
     routing = exchange_counts(routing, counts, group)
     recv = all_to_all(pre["rows"], routing.output_splits, routing.input_splits, group)
     mid = mlp(layer, {"recv_rows": recv, **({"shared_in": pre["shared_in"]} if "shared_in" in pre else {})}, routing)
@@ -274,6 +292,9 @@ class ModelChunk(nn.Module):
             with torch.no_grad():
                 self.output.weight.copy_(_init(gen, cfg.vocab_size, cfg.hidden))
 
+    def transformer_layers(self) -> list[TransformerLayer]:
+        return transformer_layers(self.layers)
+
     def pre_process(self, tokens: torch.Tensor) -> torch.Tensor:
         assert self.embedding is not None
         return self.embedding(tokens)
@@ -293,6 +314,11 @@ class LayerModel(nn.Module):
         gen = torch.Generator().manual_seed(cfg.seed)
         self.layers = nn.ModuleList([TransformerLayer(cfg, gen, rank)])
 
+    @property
+    def layer(self) -> TransformerLayer:
+        (layer,) = transformer_layers(self.layers)
+        return layer
+
 
 class ChunkedModel(nn.Module):
     """Chunk level: model chunks with ``layers[c]`` layers each (parameter names ``chunks.C.*``)."""
@@ -304,11 +330,20 @@ class ChunkedModel(nn.Module):
         self.chunks = nn.ModuleList(
             ModelChunk(cfg, gen, rank, count, first=(c == 0), last=(c == n - 1)) for c, count in enumerate(layers))
 
+    def model_chunks(self) -> list[ModelChunk]:
+        """The chunks as what they are (``ModuleList`` items are typed ``Module``)."""
+        chunks = []
+        for m in self.chunks:
+            assert isinstance(m, ModelChunk), type(m).__name__
+            chunks.append(m)
+        return chunks
 
-def chunk_reference_forward(chunk: ModelChunk, x: torch.Tensor, labels: torch.Tensor | None, group=None) -> torch.Tensor:
+
+def chunk_reference_forward(chunk: ModelChunk, x: torch.Tensor, labels: torch.Tensor | None,
+                            group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """One model chunk as one autograd graph: hidden states out, or per-token losses for the last chunk."""
     h = chunk.pre_process(x) if chunk.embedding is not None else x
-    for layer in chunk.layers:
+    for layer in chunk.transformer_layers():
         h = layer_reference_forward(layer, h, group)
     if chunk.output is not None:
         assert labels is not None

@@ -26,13 +26,14 @@ all-to-all launched records the compute nodes that ran while it was in flight
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
+from torch import nn
 
 from workloads.moe import faults
 from workloads.moe.dispatcher import Pending, Routing
-from workloads.moe.model import ModelChunk, TransformerLayer, combine_post, mlp, pre_dispatch
+from workloads.moe.model import DenseMLP, ModelChunk, TransformerLayer, combine_post, mlp, pre_dispatch
 from workloads.moe.nodes import ComputeNode, InFlight, NodeCall, ScheduleContext
 
 __all__ = ["ChunkSchedulePlan", "ComputeNode", "InFlight", "LayerSchedulePlan", "NodeCall", "ScheduleContext",
@@ -61,14 +62,14 @@ class LayerSchedulePlan:
         self._g_rows: Pending | None = None
 
     # -- node functions (what runs under autograd) ------------------------------------------------
-    def _pre_fn(self, d):
+    def _pre_fn(self, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out, self.routing, self._counts = pre_dispatch(self.layer, d["x"])
         return out
 
-    def _mlp_fn(self, d):
+    def _mlp_fn(self, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return mlp(self.layer, d, self.routing)
 
-    def _post_fn(self, d):
+    def _post_fn(self, d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"out": combine_post(self.layer, d, self.routing)}
 
     def _log(self, role: str, node: str, phase: str) -> NodeCall:
@@ -76,10 +77,10 @@ class LayerSchedulePlan:
         self.sctx.note(call)
         return call
 
-    def _mlp_weights(self) -> list[torch.Tensor]:
+    def _mlp_weights(self) -> list[nn.Parameter]:
         """The parameters the mlp node uses (not the router: that is pre_dispatch's)."""
         m = self.layer.mlp
-        if not self.moe:
+        if isinstance(m, DenseMLP):
             return list(m.parameters())
         out = list(m.experts.parameters())
         if m.shared_expert is not None:
@@ -106,8 +107,10 @@ class LayerSchedulePlan:
     def mlp_forward(self) -> None:
         self._log("f", "mlp", "forward")
         assert self._recv is not None
+        received: torch.Tensor | None
         if self.sctx.fault == faults.SKIP_WAIT and self.moe:
             received = self._recv.peek()   # the planted bug: reads the buffer without waiting
+            assert received is not None    # an all-to-all's receive buffer
         else:
             received = self._recv.wait()
         inputs = {"tokens": received} if not self.moe else {"recv_rows": received}
@@ -121,7 +124,7 @@ class LayerSchedulePlan:
         post_in = {"residual": self._pre["residual"]}
         if not self.moe:
             post_in["mlp_out"] = self._mid["mlp_out"]
-            return Pending(None, finish=lambda _: self._post_node.forward(post_in)["out"])
+            return Pending(None, then=lambda: self._post_node.forward(post_in)["out"])
         post_in["row_probs"] = self._pre["row_probs"]
         if "shared_out" in self._mid:
             post_in["shared_out"] = self._mid["shared_out"]
@@ -138,19 +141,18 @@ class LayerSchedulePlan:
         call = self._log("b", "combine", "backward")
         self._g_post = self._post_node.backward({"out": grad_out.wait()})
         if not self.moe:
-            self._g_expert_rows = Pending.ready(None)
             return
         assert self.routing is not None
         self._g_expert_rows = self.sctx.track(self.sctx.comm.all_to_all(
-            self._g_post["back_rows"], self.routing.output_splits, self.routing.input_splits), call)
+            _grad(self._g_post, "back_rows"), self.routing.output_splits, self.routing.input_splits), call)
 
     def mlp_backward(self) -> None:
         self._log("b", "mlp", "backward")
-        assert self._g_expert_rows is not None
         grads: dict[str, torch.Tensor | None]
         if not self.moe:
             grads = {"mlp_out": self._g_post["mlp_out"]}
         else:
+            assert self._g_expert_rows is not None   # combine_backward launched it
             grads = {"expert_rows": self._g_expert_rows.wait()}
             if "shared_out" in self._g_post:
                 grads["shared_out"] = self._g_post["shared_out"]
@@ -164,13 +166,16 @@ class LayerSchedulePlan:
     def dispatch_backward(self) -> None:
         call = self._log("b", "dispatch", "backward")
         if not self.moe:
-            self._g_rows = Pending.ready(self._g_mid["tokens"])
+            self._g_rows = Pending.ready(_grad(self._g_mid, "tokens"))
             return
         assert self.routing is not None
-        self._g_rows = self.sctx.track(self.sctx.comm.all_to_all(self._g_mid["recv_rows"], self.routing.input_splits,
+        self._g_rows = self.sctx.track(self.sctx.comm.all_to_all(_grad(self._g_mid, "recv_rows"),
+                                                                 self.routing.input_splits,
                                                                  self.routing.output_splits), call)
 
-    def pre_dispatch_backward(self) -> Pending:
+    def pre_dispatch_backward(self) -> Pending | None:
+        """The gradient of the layer's input; None when the input needs none (the first layer of
+        the layer-level schedule)."""
         self._log("b", "pre_dispatch", "backward")
         assert self._g_rows is not None
         g_rows = self._g_rows.wait()
@@ -184,9 +189,16 @@ class LayerSchedulePlan:
             grads["row_probs"] = self._g_post["row_probs"]
             if "shared_in" in self._g_mid:
                 grads["shared_in"] = self._g_mid["shared_in"]
-        g_in = self._pre_node.backward(grads)
+        g_in = self._pre_node.backward(grads).get("x")
         self._g_post, self._g_mid, self._g_rows, self._pre = {}, {}, None, {}
-        return Pending.ready(g_in.get("x"))
+        return None if g_in is None else Pending.ready(g_in)
+
+
+def _grad(grads: Mapping[str, torch.Tensor | None], key: str) -> torch.Tensor:
+    """A gradient the next node sends on: every output the node produced feeds the loss."""
+    g = grads[key]
+    assert g is not None, f"no gradient for {key}"
+    return g
 
 
 def layer_1f1b(f: LayerSchedulePlan | None, b: LayerSchedulePlan | None,
@@ -194,10 +206,13 @@ def layer_1f1b(f: LayerSchedulePlan | None, b: LayerSchedulePlan | None,
     """One overlapped step of a layer pair: forward of ``f`` with backward of ``b`` in the
     documented order. Returns (f's output, b's input gradient); either side may be absent."""
     f_out, b_gin = f_input, b_grad
-    fault = (f or b).sctx.fault if (f or b) is not None else None
+    plan = f or b
+    fault = plan.sctx.fault if plan is not None else None
     if b is not None:
+        assert b_grad is not None, "a backward unit needs its output gradient"
         b.combine_backward(b_grad)
     if f is not None:
+        assert f_input is not None, "a forward unit needs its input"
         f.pre_dispatch_forward(f_input)
     if b is not None:
         b.mlp_backward()
@@ -232,6 +247,7 @@ def run_layer_schedule(layer: TransformerLayer, inputs: Sequence[torch.Tensor], 
             b_grad = Pending.ready(torch.ones_like(prev_out))
         f_out, _ = layer_1f1b(f, b, Pending.ready(inputs[i]) if f is not None else None, b_grad)
         if f is not None:
+            assert f_out is not None
             outs.append(f_out)
     return [o.wait() for o in outs]
 
@@ -243,7 +259,7 @@ class ChunkSchedulePlan:
     def __init__(self, chunk: ModelChunk, sctx: ScheduleContext, microbatch: int, chunk_index: int) -> None:
         self.chunk, self.sctx, self.mb, self.c = chunk, sctx, microbatch, chunk_index
         self.layers = [LayerSchedulePlan(layer, sctx, microbatch, chunk=chunk_index, index=i)
-                       for i, layer in enumerate(chunk.layers)]
+                       for i, layer in enumerate(chunk.transformer_layers())]
         self._embed = ComputeNode(lambda d: {"h": chunk.pre_process(d["tokens"])})
         self._loss = ComputeNode(lambda d: {"loss": chunk.post_process(d["h"], d["labels"])})
         self.output: Pending | None = None        # hidden states, or the per-token losses (last chunk)
@@ -271,6 +287,7 @@ class ChunkSchedulePlan:
             self.output = h
             return
         self._log("f", "post_process", "forward")
+        assert labels is not None, "the last chunk's forward needs the labels"
         self.output = Pending.ready(self._loss.forward({"h": h.wait(), "labels": labels})["loss"])
 
     def post_process_backward(self, grad: Pending | None) -> Pending:
@@ -280,7 +297,7 @@ class ChunkSchedulePlan:
         self._log("b", "post_process", "backward")
         assert self.output is not None
         loss = self.output.wait()
-        return Pending.ready(self._loss.backward({"loss": torch.ones_like(loss)})["h"])
+        return Pending.ready(_grad(self._loss.backward({"loss": torch.ones_like(loss)}), "h"))
 
     def pre_process_backward(self, grad: Pending) -> None:
         if not self.first:
@@ -288,7 +305,7 @@ class ChunkSchedulePlan:
             return
         self._log("b", "pre_process", "backward")
         self._embed.backward({"h": grad.wait()})
-        self.input_grad = Pending.ready(None)
+        self.input_grad = None                    # the tokens have no gradient
 
 
 def chunk_1f1b(f: ChunkSchedulePlan | None, b: ChunkSchedulePlan | None, f_input: Pending | None,
@@ -297,20 +314,25 @@ def chunk_1f1b(f: ChunkSchedulePlan | None, b: ChunkSchedulePlan | None, f_input
     embedding, then layer pairs matched f.layers[i] with b.layers[n_b-1-i] (layers left over
     on one side run alone), f's output layer, b's embedding backward."""
     g = b.post_process_backward(b_grad) if b is not None else None
-    x = f.pre_process_forward(f_input) if f is not None else None
-    nf = len(f.layers) if f is not None else 0
-    nb = len(b.layers) if b is not None else 0
+    if f is not None:
+        assert f_input is not None, "a forward unit needs its input"
+    x = f.pre_process_forward(f_input) if f is not None and f_input is not None else None
+    f_layers = f.layers if f is not None else []
+    b_layers = b.layers if b is not None else []
+    nf, nb = len(f_layers), len(b_layers)
     for i in range(max(nf, nb)):
-        fl = f.layers[i] if i < nf else None
-        bl = b.layers[nb - 1 - i] if i < nb else None
+        fl = f_layers[i] if i < nf else None
+        bl = b_layers[nb - 1 - i] if i < nb else None
         fx, gb = layer_1f1b(fl, bl, x if fl is not None else None, g if bl is not None else None)
         if fl is not None:
             x = fx
         if bl is not None:
             g = gb
     if f is not None:
+        assert x is not None
         f.post_process_forward(x, f_labels)
     if b is not None:
+        assert g is not None, "every chunk's input hidden states need a gradient"
         b.pre_process_backward(g)
 
 
@@ -325,12 +347,12 @@ def run_chunk_schedule(chunks: Sequence[ModelChunk], tokens: Sequence[torch.Tens
     fwd = [(m, c) for m in range(n_mb) for c in range(n_chunks)]
     bwd = [(m, c) for m in range(n_mb) for c in reversed(range(n_chunks))]
 
-    def f_args(k: int):
+    def f_args(k: int) -> tuple[ChunkSchedulePlan, Pending | None, torch.Tensor | None]:
         m, c = fwd[k]
         x = Pending.ready(tokens[m]) if c == 0 else plans[m][c - 1].output
         return plans[m][c], x, (labels[m] if c == n_chunks - 1 else None)
 
-    def b_args(j: int):
+    def b_args(j: int) -> tuple[ChunkSchedulePlan, Pending | None]:
         m, c = bwd[j]
         grad = None if c == n_chunks - 1 else plans[m][c + 1].input_grad
         return plans[m][c], grad
@@ -339,4 +361,9 @@ def run_chunk_schedule(chunks: Sequence[ModelChunk], tokens: Sequence[torch.Tens
         f_plan, f_in, f_lab = f_args(k) if k < len(fwd) else (None, None, None)
         b_plan, b_grad = b_args(k - n_chunks) if k >= n_chunks else (None, None)
         chunk_1f1b(f_plan, b_plan, f_in, f_lab, b_grad)
-    return [[plans[m][c].output.wait() for m in range(n_mb)] for c in range(n_chunks)]
+    return [[_output(plans[m][c]) for m in range(n_mb)] for c in range(n_chunks)]
+
+
+def _output(plan: ChunkSchedulePlan) -> torch.Tensor:
+    assert plan.output is not None, f"chunk {plan.c} of microbatch {plan.mb} never ran forward"
+    return plan.output.wait()

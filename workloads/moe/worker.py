@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from runner.equivalence import grads
+from runner.worker.context import WorkerContext
 from workloads.moe.dispatcher import Communicator
 from workloads.moe.order import documented_order
 from workloads.moe.kind import resolve_args
@@ -41,8 +42,8 @@ def config_from_args(args: Mapping[str, Any], world_size: int) -> MoEConfig:
                      vocab_size=args["vocab_size"], dtype=args["dtype"], ep_size=world_size, seed=args["seed"])
 
 
-def build_model(cfg: MoEConfig, args: Mapping[str, Any], rank: int, device: torch.device) -> nn.Module:
-    model: nn.Module
+def build_model(cfg: MoEConfig, args: Mapping[str, Any], rank: int, device: torch.device) -> LayerModel | ChunkedModel:
+    model: LayerModel | ChunkedModel
     if args["level"] == "layer":
         model = LayerModel(cfg, rank)
     else:
@@ -62,17 +63,18 @@ def make_inputs(cfg: MoEConfig, args: Mapping[str, Any], rank: int, device: torc
     return {"tokens": tokens, "labels": labels}
 
 
-def reference_run(model: nn.Module, inputs: Mapping[str, list[torch.Tensor]], group=None) -> dict[str, torch.Tensor]:
+def reference_run(model: LayerModel | ChunkedModel, inputs: Mapping[str, list[torch.Tensor]],
+                  group: dist.ProcessGroup | None = None) -> dict[str, torch.Tensor]:
     """Sequential: per microbatch, one autograd graph forward, backward with ones."""
     outputs: dict[str, torch.Tensor] = {}
-    if "x" in inputs:
-        layer = model.layers[0]
+    if isinstance(model, LayerModel):           # level: layer (inputs: "x")
+        layer = model.layer
         for m, x in enumerate(inputs["x"]):
             out = layer_reference_forward(layer, x, group)
             out.backward(torch.ones_like(out))
             outputs[f"output.mb{m}"] = out.detach()
         return outputs
-    chunks = list(model.chunks)
+    chunks = model.model_chunks()
     for m, (tok, lab) in enumerate(zip(inputs["tokens"], inputs["labels"])):
         h = tok
         for c, chunk in enumerate(chunks):
@@ -85,12 +87,13 @@ def reference_run(model: nn.Module, inputs: Mapping[str, list[torch.Tensor]], gr
     return outputs
 
 
-def overlapped_run(model: nn.Module, inputs: Mapping[str, list[torch.Tensor]], sctx: ScheduleContext) -> dict[str, torch.Tensor]:
+def overlapped_run(model: LayerModel | ChunkedModel, inputs: Mapping[str, list[torch.Tensor]],
+                   sctx: ScheduleContext) -> dict[str, torch.Tensor]:
     """The overlapped 1F1B schedule over the same microbatches."""
-    if "x" in inputs:
-        outs = run_layer_schedule(model.layers[0], inputs["x"], sctx)
+    if isinstance(model, LayerModel):           # level: layer (inputs: "x")
+        outs = run_layer_schedule(model.layer, inputs["x"], sctx)
         return {f"output.mb{m}": o for m, o in enumerate(outs)}
-    chunks = list(model.chunks)
+    chunks = model.model_chunks()
     per_chunk = run_chunk_schedule(chunks, inputs["tokens"], inputs["labels"], sctx)
     outputs: dict[str, torch.Tensor] = {}
     for c, outs in enumerate(per_chunk):
@@ -133,13 +136,13 @@ def timed(fn: Callable[[], dict[str, torch.Tensor]], device: torch.device) -> Ru
 class A2AState:
     """What setup builds once per rank; the equivalence kind restores ``model`` between runs."""
 
-    model: nn.Module
+    model: LayerModel | ChunkedModel
     inputs: dict[str, list[torch.Tensor]]
     args: dict[str, Any]
     device: torch.device
 
 
-def setup(ctx, params: Mapping[str, Any]) -> A2AState:
+def setup(ctx: WorkerContext, params: Mapping[str, Any]) -> A2AState:
     args = resolve_args(params)
     device = ctx.device
     cfg = config_from_args(args, dist.get_world_size())
@@ -154,7 +157,7 @@ def setup(ctx, params: Mapping[str, Any]) -> A2AState:
     return A2AState(model, inputs, args, device)
 
 
-def reference(ctx, state: A2AState) -> dict[str, Any]:
+def reference(ctx: WorkerContext, state: A2AState) -> dict[str, Any]:
     """The sequential run; its trace is the documented node order the candidate must follow.
     Ends with an SGD step, as a training step would (so a missing restore is caught)."""
     args = state.args
@@ -166,7 +169,7 @@ def reference(ctx, state: A2AState) -> dict[str, Any]:
     return captures
 
 
-def candidate(ctx, state: A2AState) -> dict[str, Any]:
+def candidate(ctx: WorkerContext, state: A2AState) -> dict[str, Any]:
     """The overlapped 1F1B schedule; records which all-to-alls had compute in flight."""
     args = state.args
     sctx = ScheduleContext(Communicator(state.device, poison=bool(args.get("poison_receive_buffers"))),
