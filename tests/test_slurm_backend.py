@@ -348,3 +348,40 @@ def test_collect_classifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sta
     outcome = finished(tmp_path, state, records=records, cancel_reason=cancel_reason, monkeypatch=monkeypatch)
     assert outcome.outcome is expected, outcome.detail
     assert words in outcome.detail
+
+
+# -- warm pools: options and the pool's time limit ---------------------------------------------
+def test_pool_options_give_pool_settings_and_pools_0_turns_them_off() -> None:
+    from runner.run.pooling import PoolingBackend
+
+    backend = SlurmBackend({"pools": "2", "pool_time": "900", "pool_poll": "0.5"})
+    wrapped = backend.pooled(lambda launch: True)
+    assert isinstance(wrapped, PoolingBackend) and wrapped.inner is backend and wrapped.id == "slurm"
+    assert (wrapped.settings.per_shape, wrapped.settings.time_cap, wrapped.settings.idle_poll_s,
+            wrapped.settings.shared_fs) == (2, 900.0, 0.5, True)
+    off = SlurmBackend({"pools": "0"})
+    assert off.pooled(lambda launch: True) is off
+
+
+@pytest.mark.parametrize("opts, words", [
+    ({"pools": "two"}, "option 'pools': 'two' is not an integer"),
+    ({"pools": "-1"}, "option 'pools': -1 must be >= 0"),
+    ({"pool_time": "0"}, "option 'pool_time': 0 must be > 0"),
+    ({"pool_poll": "nan"}, "option 'pool_poll': nan must be > 0"),
+    ({"time_margin": "x"}, "option 'time_margin': 'x' is not an integer"),
+])
+def test_bad_pool_options_are_one_line_usage_errors(opts: dict[str, str], words: str) -> None:
+    with pytest.raises(UsageError) as err:
+        SlurmBackend(opts)
+    assert words in str(err.value) and str(err.value).startswith("slurm backend: ") and "\n" not in str(err.value)
+
+
+def test_a_pools_time_limit_is_the_sum_of_its_cases_timeouts_capped(tmp_path: Path) -> None:
+    from runner.run.pools import POOL_LIFETIME_S, PoolSettings
+
+    launches = [make_launch(tmp_path, f"c{i}") for i in range(3)]
+    launches = [Launch(**{**la.__dict__, "timeout": t}) for la, t in zip(launches, (100.0, 50.0, 30.0))]
+    assert PoolSettings(per_shape=1, time_cap=1000).time_limit(launches) == 180.0
+    assert PoolSettings(per_shape=1, time_cap=120).time_limit(launches) == 120.0
+    assert PoolSettings(per_shape=1, time_cap=60).time_limit(launches) == 100.0   # the first case fits
+    assert PoolSettings().time_limit(launches) == POOL_LIFETIME_S                  # local: the run's length
