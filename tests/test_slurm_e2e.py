@@ -203,7 +203,7 @@ def test_timeout_is_cancelled_and_reported(slurm_cluster: Any, tmp_path: Path) -
     # not Slurm at its --time backstop (10 s + time_margin), which would read "Slurm time limit"
     assert "time limit of 10s reached; job cancelled" in case["detail"], case["detail"]
     (launch,) = case["launches"]
-    assert launch["outcome"] == "TIMEOUT", launch
+    assert launch["outcome"] == "timeout", launch
     rd = Path(launch["results_dir"])
     ids = job_ids_of(rd)
     # the batch script ran (it prints this line first thing on the head node)
