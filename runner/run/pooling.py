@@ -190,6 +190,13 @@ class PoolingBackend(Backend):
         """Dispatch waiting cases to idle pools of their shape, or start pools within the limit."""
         for h in list(self.waiting):
             key = shape_key(h.launch)
+            if key in self.broken:           # no pool of this shape could start: run it fresh
+                self.waiting.remove(h)
+                try:
+                    h.data["delegate"] = self.inner.submit(h.launch)
+                except (UsageError, OSError) as exc:
+                    h.data["failed"] = f"cannot submit the case: {exc}"
+                continue
             pool = self._idle_pool(h.launch)
             if pool is None:
                 live = sum(1 for p in self.pools if p.key == key and not p.dead)
