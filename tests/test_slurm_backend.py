@@ -385,3 +385,45 @@ def test_a_pools_time_limit_is_the_sum_of_its_cases_timeouts_capped(tmp_path: Pa
     assert PoolSettings(per_shape=1, time_cap=120).time_limit(launches) == 120.0
     assert PoolSettings(per_shape=1, time_cap=60).time_limit(launches) == 100.0   # the first case fits
     assert PoolSettings().time_limit(launches) == POOL_LIFETIME_S                  # local: the run's length
+
+
+# -- the cause of a failed launch: torchrun's report and the ranks' records --------------------
+TORCHRUN_REPORT = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+runner.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-01_13:40:24
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : {other} (pid: 4136)
+  error_file: <N/A>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_13:40:24
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 4137)
+  error_file: <N/A>
+============================================================
+"""
+
+
+@pytest.mark.parametrize("other, words", [
+    (-15, "rank 1: RuntimeError: planted failure"),       # torchrun stopped rank 0: a consequence
+    (7, "rank 0 exited with code 7 without a completion record"),   # rank 0 died on its own first
+])
+def test_a_rank_that_torchrun_stopped_is_not_named_as_the_cause(tmp_path: Path, other: int, words: str) -> None:
+    from runner.run.backend import outcome_from_records
+
+    launch = make_launch(tmp_path, nodes=1, nproc=2)
+    rd = Path(launch.results_dir)
+    (rd / "logs").mkdir(parents=True, exist_ok=True)
+    (rd / "logs" / "launcher.log").write_text(TORCHRUN_REPORT.format(other=other))
+    write_json_atomic(rd / "done" / "rank1.json", {"rank": 1, "status": "error", "finished": 1.0,
+                                                   "exception": "RuntimeError: planted failure"})
+    outcome = outcome_from_records(launch, exit_code=1, duration=1.0)
+    assert outcome.outcome is Outcome.ERROR and words in outcome.detail, outcome.detail

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import re
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
@@ -198,8 +199,9 @@ def outcome_from_records(launch: Launch, *, exit_code: int | None, duration: flo
     # a signal, a segfault) is found that way.
     root = torchrun_root_cause(rd)
     if root is None or root[0] in records:
-        # a rank that died without a record (signal, os._exit) caused the others' errors
-        root = next(((r, c) for r, c in torchrun_failures(rd) if r not in records), root)
+        # a rank that died without a record (signal, os._exit) caused the others' errors --
+        # unless torchrun itself stopped it (SIGTERM, after another rank had failed)
+        root = next(((r, c) for r, c in torchrun_failures(rd) if r not in records and c != -signal.SIGTERM), root)
     if root is not None and records.get(root[0], {}).get("status") != "ok" and root[0] not in records:
         rank, code = root
         return LaunchOutcome(launch, Outcome.ERROR,
