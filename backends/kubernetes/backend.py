@@ -30,11 +30,10 @@ backend ends the launch as INFRA as soon as it sees the disruption and the runne
 resubmits it (``backoffLimit`` is 0 for the same reason: the Launch has no retry count and
 the runner owns retries).
 
-Results: the ranks write the results dir themselves. On a real cluster that needs the
-``pvc`` option (a volume the runner's machine also sees, mounted in the pods at
-``results_mount``); without it the pods cannot read ``launch.json`` nor write completion
-records, and every launch ends as ERROR. The test stand-in runs pods on this machine, so
-it needs no PVC.
+Results: the ranks write the results dir themselves. On a real cluster that needs the ``pvc``
+option (a volume the runner's machine also sees, mounted in the pods at ``results_mount``);
+without it the pods cannot read ``launch.json`` nor write completion records, and every
+launch ends as ERROR. The test stand-in runs pods on this machine, so it needs no PVC.
 """
 from __future__ import annotations
 
@@ -43,7 +42,7 @@ import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from backends.kubernetes import manifests as km
 from backends.kubernetes.classify import classify
@@ -293,6 +292,13 @@ class KubernetesBackend(Backend):
         except Exception:  # noqa: BLE001
             pass
         self._delete(handle)
+
+    def pooled(self, poolable: Callable[[Launch], bool]) -> Backend:
+        """Warm worker pools (``runner.run.pooling``): one Indexed Job serves the poolable cases of a
+        shape in turn, ``activeDeadlineSeconds`` their timeouts up to ``pool_time``; pools=0: none."""
+        from runner.run.pooling import PoolingBackend
+
+        return self if self.parsed.pools is None else PoolingBackend(self, poolable, self.parsed.pools)
 
     def sweep(self, results_root: Any) -> list[str]:
         """Delete Jobs and Services of this results root left by another (dead) session.

@@ -1,18 +1,19 @@
 """The Kubernetes backend's options: what each one means, and their parsing into
 ``KubernetesOptions``.
 
-Unknown names are rejected once, by ``runner.run.backend.check_options`` (the backend
-declares ``OPTION_HELP`` as its schema); this module checks the values.
+Value rules shared with the Slurm backend (numbers in range, the warm-pool options) live in
+``backends.option_values``.
 """
 from __future__ import annotations
 
-import math
 import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from backends.option_values import POOL_OPTION_HELP, number, pool_settings
 from runner.errors import UsageError
+from runner.run.pools import PoolSettings
 
 OPTION_HELP: dict[str, str] = {
     "namespace": "namespace of the Jobs and Services (default: 'default')",
@@ -33,6 +34,7 @@ OPTION_HELP: dict[str, str] = {
     "pending_timeout": "seconds a pod may stay unschedulable before the launch counts as INFRA "
                        "(default: 300)",
     "poll_interval": "seconds between batched status calls (default: 2)",
+    **POOL_OPTION_HELP,
 }
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -104,14 +106,8 @@ def _parse_tolerations(raw: str) -> tuple[dict[str, str], ...]:
     return tuple(out)
 
 
-def _positive(option: str, raw: str, *, integer: bool = False, hi: float = math.inf) -> float:
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        raise _bad(option, raw, "not a number") from None
-    if not (0 < value <= hi) or (not integer and not math.isfinite(value)):
-        raise _bad(option, raw, f"must be > 0{'' if hi == math.inf else f' and <= {hi:g}'}")
-    return value
+def _positive(option: str, raw: str, *, integer: bool = False, hi: float = float("inf")) -> float:
+    return number("kubernetes", option, raw, lo=0, hi=hi, integer=integer, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -133,6 +129,7 @@ class KubernetesOptions:
     priority_class: str | None = None
     pending_timeout: float = 300.0
     poll_interval: float = 2.0
+    pools: PoolSettings | None = PoolSettings()   # replaced by parse(); None: pools off
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> "KubernetesOptions":
@@ -169,5 +166,8 @@ class KubernetesOptions:
             elif key in ("kubeconfig", "context"):
                 if not value:
                     raise _bad(key, value, "must not be empty")
+            elif key in POOL_OPTION_HELP:
+                continue                      # parsed together below
             kw[key] = value
+        kw["pools"] = pool_settings("kubernetes", {k: str(v) for k, v in raw.items()})
         return cls(**kw)

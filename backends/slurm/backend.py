@@ -9,6 +9,9 @@ The head node hosts the rendezvous store (``--rdzv-conf is_host=1`` there, 0 els
 the store never lives on a node that may die first, and several "nodes" on one host (the
 test cluster) do not race for the port.
 
+``pooled`` wraps the backend in warm worker pools (``runner.run.pooling``): a pool is one
+allocation whose ranks run the poolable cases of one shape in turn.
+
 Status is polled for every in-flight job with one ``squeue --json`` call; jobs it no longer
 lists are looked up with one ``scontrol -o show job`` call, then ``sacct`` (or ``sacct -c``,
 the jobcomp file, when the cluster has no accounting database).
@@ -22,7 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 from backends.slurm.classify import NOT_FOUND, classify
 from backends.slurm.options import OPTION_HELP, SlurmOptions
@@ -266,6 +269,16 @@ class SlurmBackend(Backend):
                 lines.append(f"scancelled Slurm job {job_id} left by an earlier run of this results root "
                              f"(owner {owner})")
         return lines
+
+    def pooled(self, poolable: Callable[[Launch], bool]) -> Backend:
+        """This backend with warm worker pools (``runner.run.pooling``): one allocation serves
+        the poolable cases of its shape in turn, its ``--time`` the sum of their timeouts up
+        to ``pool_time``; the scheduler calls it unless ``--no-reuse`` (``pools=0``: no pools)."""
+        if self.config.pools is None:
+            return self
+        from runner.run.pooling import PoolingBackend
+
+        return PoolingBackend(self, poolable, self.config.pools)
 
     def unhealthy_nodes_reason(self, nodes: str) -> str | None:
         """'node n2 is down (Not responding)' when a node of the job is down or failing."""

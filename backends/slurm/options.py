@@ -1,7 +1,7 @@
 """The Slurm backend's options: what each one means, and their parsing into ``SlurmOptions``.
 
-Unknown names are rejected once, by ``runner.run.backend.check_options`` (the backend
-declares ``OPTION_HELP`` as its schema); this module checks the values.
+Value rules shared with the Kubernetes backend (numbers in range, one-line strings, the
+warm-pool options) live in ``backends.option_values``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from backends.option_values import POOL_OPTION_HELP, number, one_line, pool_settings
 from runner.errors import UsageError
+from runner.run.pools import PoolSettings
 
 OPTION_HELP: dict[str, str] = {
     "partition": "sbatch --partition",
@@ -28,6 +30,7 @@ OPTION_HELP: dict[str, str] = {
     "rdzv_port": "rendezvous port on the head node (default 0: a free port picked there)",
     "env_passthrough": "which of the runner's environment variables the job sees: "
                        "ALL (default), NONE, or NAME,NAME,... (sbatch --export)",
+    **POOL_OPTION_HELP,
 }
 
 SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:+@=-]+$")
@@ -52,6 +55,7 @@ class SlurmOptions:
     extra_sbatch: tuple[str, ...] = ()
     rdzv_port: int = 0                      # 0: a free port picked on the head node
     env_passthrough: str = "ALL"            # sbatch --export: ALL, NONE or NAME,NAME,...
+    pools: PoolSettings | None = PoolSettings()   # replaced by parse(); None: pools off
 
     @classmethod
     def parse(cls, opts: Mapping[str, str]) -> "SlurmOptions":
@@ -64,22 +68,15 @@ class SlurmOptions:
                 raise UsageError(f"slurm backend: option '{key}': {value!r} is not a valid Slurm name "
                                  "(letters, digits and _ . , : + @ = - only)")
             values[key] = value
-        for key, lo, hi in (("time_margin", 0, 7 * 24 * 3600), ("rdzv_port", 0, 65535)):
+        for key, hi in (("time_margin", 7 * 24 * 3600), ("rdzv_port", 65535)):
             if key in opts:
-                try:
-                    number = int(str(opts[key]).strip())
-                except ValueError:
-                    raise UsageError(f"slurm backend: option '{key}': {opts[key]!r} is not an integer") from None
-                if not lo <= number <= hi:
-                    raise UsageError(f"slurm backend: option '{key}': {number} is outside {lo}..{hi}")
-                values[key] = number
+                values[key] = int(number("slurm", key, opts[key], lo=0, hi=hi, integer=True))
         for key in ("python", "container_image", "container_mounts"):
             value = opts.get(key)
             if value is None or value == "":
                 continue
-            if _multiline(value):
-                raise UsageError(f"slurm backend: option '{key}' must be one line")
-            values[key] = value
+            values[key] = one_line("slurm", key, value)
+        values["pools"] = pool_settings("slurm", opts)
         if opts.get("extra_sbatch"):
             values["extra_sbatch"] = _extra_sbatch(opts["extra_sbatch"])
         if opts.get("env_passthrough"):

@@ -1,7 +1,7 @@
 """In-rank loop of a warm worker pool: ``runner.worker.pool:serve``.
 
 A pool is one long launch whose ranks imported torch and built the process group once, then
-run cases' launches one after another. The launcher side (``backends.local.pool``) talks to
+run cases' launches one after another. The launcher side (``runner.run.pooling``) talks to
 the ranks through a spool folder::
 
     spool/ready-{N}-rank{R}     rank R is clean and waits for task N
@@ -188,11 +188,17 @@ class _Output:
         os.dup2(self.saved[1], 2)
 
 
-def wait_task(spool: Path, seq: int) -> dict[str, Any]:
+def wait_task(spool: Path, seq: int, *, max_sleep: float = MAX_IDLE_SLEEP,
+              shared_fs: bool = False) -> dict[str, Any]:
+    """The task file ``seq``, once it exists. On a shared filesystem the folder is listed
+    before each look (a directory read revalidates NFS attribute caches; the launcher
+    writes the file by rename, so it is whole once listed)."""
     path = task_file(spool, seq)
     sleep, idle_since = 0.001, time.monotonic()
     while True:
         try:
+            if shared_fs and path.name not in os.listdir(spool):
+                raise FileNotFoundError(path)
             return json.loads(path.read_text())
         except FileNotFoundError:
             pass
@@ -201,7 +207,7 @@ def wait_task(spool: Path, seq: int) -> dict[str, Any]:
         if time.monotonic() - idle_since > IDLE_LIMIT_S:
             return {"stop": True}
         time.sleep(sleep)
-        sleep = min(MAX_IDLE_SLEEP, sleep * 2)
+        sleep = min(max_sleep, sleep * 2)
 
 
 def serve(ctx: WorkerContext) -> None:
@@ -215,7 +221,8 @@ def serve(ctx: WorkerContext) -> None:
     seq = 0
     while True:
         ready_file(spool, seq, ctx.rank).touch()
-        task = wait_task(spool, seq)
+        task = wait_task(spool, seq, max_sleep=float(ctx.args.get("idle_poll_s", MAX_IDLE_SLEEP)),
+                         shared_fs=bool(ctx.args.get("shared_fs", False)))
         if task.get("stop"):
             # nothing reads a pool's own record; skip group and interpreter teardown (seconds
             # of torch finalisation per rank) so the session ends as soon as the cases do

@@ -205,8 +205,24 @@ def test_unknown_option_suggests_the_known_one() -> None:
 
 
 def test_every_option_is_documented_and_parsed() -> None:
-    fields = {f for f in KubernetesOptions.__dataclass_fields__}
+    from backends.option_values import POOL_OPTION_HELP
+
+    # the warm-pool options are parsed together into one field, ``pools``
+    fields = {f for f in KubernetesOptions.__dataclass_fields__} - {"pools"} | set(POOL_OPTION_HELP)
     assert set(KubernetesBackend.options) == fields
+
+
+def test_pool_options_of_the_kubernetes_backend() -> None:
+    from runner.run.pooling import PoolingBackend
+
+    backend = KubernetesBackend({"pools": "3", "pool_time": "600"})
+    wrapped = backend.pooled(lambda launch: True)
+    assert isinstance(wrapped, PoolingBackend) and wrapped.id == "kubernetes"
+    assert (wrapped.settings.per_shape, wrapped.settings.time_cap, wrapped.settings.idle_poll_s) == (3, 600.0, 1.0)
+    off = KubernetesBackend({"pools": "0"})
+    assert off.pooled(lambda launch: True) is off
+    with pytest.raises(UsageError, match="kubernetes backend: option 'pool_time': -5 must be > 0"):
+        KubernetesBackend({"pool_time": "-5"}).check()
 
 
 def test_results_dir_outside_the_mount_is_a_usage_error() -> None:

@@ -348,3 +348,82 @@ def test_collect_classifies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sta
     outcome = finished(tmp_path, state, records=records, cancel_reason=cancel_reason, monkeypatch=monkeypatch)
     assert outcome.outcome is expected, outcome.detail
     assert words in outcome.detail
+
+
+# -- warm pools: options and the pool's time limit ---------------------------------------------
+def test_pool_options_give_pool_settings_and_pools_0_turns_them_off() -> None:
+    from runner.run.pooling import PoolingBackend
+
+    backend = SlurmBackend({"pools": "2", "pool_time": "900", "pool_poll": "0.5"})
+    wrapped = backend.pooled(lambda launch: True)
+    assert isinstance(wrapped, PoolingBackend) and wrapped.inner is backend and wrapped.id == "slurm"
+    assert (wrapped.settings.per_shape, wrapped.settings.time_cap, wrapped.settings.idle_poll_s,
+            wrapped.settings.shared_fs) == (2, 900.0, 0.5, True)
+    off = SlurmBackend({"pools": "0"})
+    assert off.pooled(lambda launch: True) is off
+
+
+@pytest.mark.parametrize("opts, words", [
+    ({"pools": "two"}, "option 'pools': 'two' is not an integer"),
+    ({"pools": "-1"}, "option 'pools': -1 must be >= 0"),
+    ({"pool_time": "0"}, "option 'pool_time': 0 must be > 0"),
+    ({"pool_poll": "nan"}, "option 'pool_poll': nan must be > 0"),
+    ({"time_margin": "x"}, "option 'time_margin': 'x' is not an integer"),
+])
+def test_bad_pool_options_are_one_line_usage_errors(opts: dict[str, str], words: str) -> None:
+    with pytest.raises(UsageError) as err:
+        SlurmBackend(opts)
+    assert words in str(err.value) and str(err.value).startswith("slurm backend: ") and "\n" not in str(err.value)
+
+
+def test_a_pools_time_limit_is_the_sum_of_its_cases_timeouts_capped(tmp_path: Path) -> None:
+    from runner.run.pools import POOL_LIFETIME_S, PoolSettings
+
+    launches = [make_launch(tmp_path, f"c{i}") for i in range(3)]
+    launches = [Launch(**{**la.__dict__, "timeout": t}) for la, t in zip(launches, (100.0, 50.0, 30.0))]
+    assert PoolSettings(per_shape=1, time_cap=1000).time_limit(launches) == 180.0
+    assert PoolSettings(per_shape=1, time_cap=120).time_limit(launches) == 120.0
+    assert PoolSettings(per_shape=1, time_cap=60).time_limit(launches) == 100.0   # the first case fits
+    assert PoolSettings().time_limit(launches) == POOL_LIFETIME_S                  # local: the run's length
+
+
+# -- the cause of a failed launch: torchrun's report and the ranks' records --------------------
+TORCHRUN_REPORT = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+runner.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-01_13:40:24
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : {other} (pid: 4136)
+  error_file: <N/A>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_13:40:24
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : 1 (pid: 4137)
+  error_file: <N/A>
+============================================================
+"""
+
+
+@pytest.mark.parametrize("other, words", [
+    (-15, "rank 1: RuntimeError: planted failure"),       # torchrun stopped rank 0: a consequence
+    (7, "rank 0 exited with code 7 without a completion record"),   # rank 0 died on its own first
+])
+def test_a_rank_that_torchrun_stopped_is_not_named_as_the_cause(tmp_path: Path, other: int, words: str) -> None:
+    from runner.run.backend import outcome_from_records
+
+    launch = make_launch(tmp_path, nodes=1, nproc=2)
+    rd = Path(launch.results_dir)
+    (rd / "logs").mkdir(parents=True, exist_ok=True)
+    (rd / "logs" / "launcher.log").write_text(TORCHRUN_REPORT.format(other=other))
+    write_json_atomic(rd / "done" / "rank1.json", {"rank": 1, "status": "error", "finished": 1.0,
+                                                   "exception": "RuntimeError: planted failure"})
+    outcome = outcome_from_records(launch, exit_code=1, duration=1.0)
+    assert outcome.outcome is Outcome.ERROR and words in outcome.detail, outcome.detail

@@ -195,15 +195,16 @@ def test_timeout_is_cancelled_and_reported(slurm_cluster: Any, tmp_path: Path) -
           timeout: 10
           args: {script: sleeper.py, metrics: none}
         """)
-    started = time.monotonic()
     proc = run_runner(slurm_cluster, spec, tmp_path)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout + proc.stderr
     case = results_by_name(tmp_path)["sleeps_too_long"]
     assert case["verdict"] == "TIMEOUT", case
-    assert "time limit" in case["detail"]
-    assert elapsed < 45, f"the runner took {elapsed:.0f}s for a 10 s time limit"
-    rd = Path(case["launches"][0]["results_dir"])
+    # the runner cancelled it at the case's limit (its own kill reason, naming the limit) --
+    # not Slurm at its --time backstop (10 s + time_margin), which would read "Slurm time limit"
+    assert "time limit of 10s reached; job cancelled" in case["detail"], case["detail"]
+    (launch,) = case["launches"]
+    assert launch["outcome"] == "timeout", launch
+    rd = Path(launch["results_dir"])
     ids = job_ids_of(rd)
     # the batch script ran (it prints this line first thing on the head node)
     assert "runner: job" in (rd / "logs" / f"launcher-{ids[0]}.log").read_text()

@@ -1,6 +1,6 @@
 """The project's own suites through the real two-node Slurm cluster (issue acceptance):
-`runner run specs/unit/ --backend slurm` as written, the a2a cases spread over both nodes,
-and the GPT ckpt-resume case across two nodes."""
+`runner run specs/unit/ --backend slurm` as written (its cases in one warm pool allocation),
+the a2a cases across both nodes, and the GPT ckpt-resume case across two nodes."""
 from __future__ import annotations
 
 import json
@@ -32,15 +32,22 @@ def nodes_of(case: dict) -> dict[int, str]:
     return out
 
 
+def pids_of(case: dict) -> frozenset[int]:
+    return frozenset(json.loads(f.read_text())["pid"] for launch in case["launches"]
+                     for f in (Path(launch["results_dir"]) / "done").glob("rank*.json"))
+
+
 def test_unit_specs_pass_on_slurm(slurm_cluster, tmp_path):
     proc, report = run(slurm_cluster, tmp_path, "specs/unit/")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     verdicts = {c["name"]: c["verdict"] for c in report["cases"]}
     assert len(verdicts) >= 18 and set(verdicts.values()) == {"PASSED"}, verdicts
     assert all(c["backend"] == "slurm" for c in report["cases"])
-    # the cluster spread the allocations over both nodes
-    used = {n for c in report["cases"] for n in nodes_of(c).values()}
-    assert used == {"n1", "n2"}, used
+    # the cases share one shape (1 node x 4 processes): one warm pool allocation ran them all
+    assert len({pids_of(c) for c in report["cases"]}) == 1
+    assert len({n for c in report["cases"] for n in nodes_of(c).values()}) == 1
+    pools = list((tmp_path / "results" / ".pools").glob("pool-*/run/logs/launcher-*.log"))
+    assert len(pools) == 1, pools
 
 
 def test_a2a_cases_spanning_both_nodes(slurm_cluster, tmp_path):
