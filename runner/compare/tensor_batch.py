@@ -145,18 +145,23 @@ def _nested_equal(te: Sequence[Any], ta: Sequence[Any], nbytes: list[int], close
     """Every shape and every byte (``close``: value) equal, each rank's tensors packed per
     side as one nested tensor; False when anything differs, a side holds more than
     ``BATCH_BYTES`` or cannot be packed (the general way then decides)."""
-    if sum(nbytes) > BATCH_BYTES:
+    size = sum(nbytes)
+    if size > BATCH_BYTES:
         return False
     ranks = [t.dim() for t in te]
     kinds = set(ranks)
     if len(kinds) == 1:
-        return _packed_equal(list(te), list(ta), sum(nbytes), close, rtol, atol, torch)
+        return _packed_equal(_as_list(te), _as_list(ta), size, close, rtol, atol, torch)
     for rank in kinds:
         idx = [i for i, r in enumerate(ranks) if r == rank]
         if not _packed_equal([te[i] for i in idx], [ta[i] for i in idx], sum(nbytes[i] for i in idx), close,
                              rtol, atol, torch):
             return False
     return True
+
+
+def _as_list(ts: Sequence[Any]) -> list[Any]:
+    return ts if isinstance(ts, list) else list(ts)
 
 
 def _packed_equal(es: list[Any], as_: list[Any], size: int, close: bool, rtol: float, atol: float,
