@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from runner.compare import tensor_batch
 from runner.compare.tensors import HANDLED_REPORTS, compare_tensor_trees, path_key, tensor_difference
+
+
+@pytest.fixture(autouse=True, params=["nested", "concatenated"])
+def packing(request, monkeypatch):
+    """Every test runs twice: many small tensors of one dtype packed as nested tensors first
+    (the fast path), and without that (concatenation only)."""
+    monkeypatch.setattr(tensor_batch, "NESTED_PACKING", request.param == "nested")
+    return request.param
 
 
 def test_bitwise_equal_and_nan_bits():
@@ -210,8 +219,6 @@ def test_mixed_ranks_and_scalars_in_one_dtype():
 
 
 def test_small_tensors_over_one_batch_are_compared_in_chunks(monkeypatch):
-    from runner.compare import tensor_batch
-
     monkeypatch.setattr(tensor_batch, "BATCH_BYTES", 64)        # 4 tensors of 16 bytes per batch
     ref = {f"t{i:02d}": torch.full((4,), float(i)) for i in range(40)}
     cand = {k: v.clone() for k, v in ref.items()}
@@ -232,9 +239,7 @@ def test_large_and_small_tensors_together():
 
 
 def tensor_batch_small_bytes() -> int:
-    from runner.compare.tensor_batch import SMALL_BYTES
-
-    return SMALL_BYTES
+    return tensor_batch.SMALL_BYTES
 
 
 def test_close_mode_in_batches():
@@ -252,3 +257,43 @@ def test_close_mode_in_batches():
     far["fp8"].view(torch.uint8)[0] ^= 1                                         # fp8 by bytes in close mode
     out = compare_tensor_trees(ref, far, bitwise=False, rtol=1e-5)
     assert [(path_key(m.key), m.index) for m in out] == [("fp8", (0,)), ("n7", (0,)), ("w123", (1,))]
+
+
+def test_shapes_swapped_with_the_same_bytes():
+    """Same dtypes, same bytes in the same order: only the shapes tell the captures apart."""
+    out = compare_tensor_trees([torch.zeros(2), torch.zeros(3)], [torch.zeros(3), torch.zeros(2)])
+    assert [(path_key(m.key), m.reason, m.expected, m.actual) for m in out] == [
+        ("0", "shape", [2], [3]), ("1", "shape", [3], [2])]
+    ref = {f"w{i:02d}": torch.zeros(2, 3) for i in range(20)}
+    cand = {**ref, "w07": torch.zeros(3, 2)}
+    (m,) = compare_tensor_trees(ref, cand)
+    assert (path_key(m.key), m.reason) == ("w07", "shape")
+
+
+def test_a_typical_capture_takes_the_nested_path(packing, monkeypatch):
+    """On this torch, an all-small one-dtype capture that matches is decided by the nested
+    packing alone (the per-tensor shape reads of the general way never run)."""
+    if packing != "nested":
+        pytest.skip("the nested path only")
+    ref = {"outputs": {f"mb{i}": torch.randn(8) for i in range(100)},
+           "grads": {f"p{i}": torch.randn(4, 4) for i in range(100)}}
+    cand = {k: {n: t.clone() for n, t in v.items()} for k, v in ref.items()}
+
+    def general_way(*args, **kwargs):
+        raise AssertionError("the general way ran")
+
+    monkeypatch.setattr(tensor_batch, "_same_dtype_and_shape", general_way)
+    assert compare_tensor_trees(ref, cand) == []
+    assert compare_tensor_trees(ref, cand, bitwise=False, rtol=1e-6) == []
+
+
+def test_fp8_tensors_of_several_shapes_in_one_batch():
+    """fp8 cannot be packed as nested tensors, nor concatenated when trailing dims differ:
+    each is flattened first, and a difference in the last one is still found."""
+    dtype = torch.float8_e4m3fn
+    ref = {f"f{i}": torch.ones(2, 2 + i).to(dtype) for i in range(6)}
+    cand = {k: v.clone() for k, v in ref.items()}
+    assert compare_tensor_trees(ref, cand) == []
+    cand["f5"].view(torch.uint8)[1, 6] ^= 1
+    (m,) = compare_tensor_trees(ref, cand)
+    assert (path_key(m.key), m.index) == ("f5", (1, 6))

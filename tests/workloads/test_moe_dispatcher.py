@@ -132,3 +132,26 @@ def test_poison_mode_receive_buffer_holds_nan_until_the_wait(tmp_path: Path, poi
     for r in results:
         assert r["after"] == [1.0, 1.0, 2.0, 2.0]          # the rows land at the wait
         assert r["before_nan"] is poison                  # without poison the buffer was already filled
+
+
+def test_pending_values_and_computations_at_the_wait() -> None:
+    """A Pending returns its tensor, or what its computation returns, run once at the first
+    wait; one with neither is refused when made (a wait could only return nothing)."""
+    import torch
+
+    from workloads.moe.dispatcher import Pending
+
+    t = torch.ones(2)
+    ready = Pending.ready(t)
+    assert ready.done and ready.wait() is t and ready.peek() is t
+    calls: list[int] = []
+
+    def compute() -> torch.Tensor:
+        calls.append(1)
+        return t * 2
+
+    later = Pending(None, then=compute)
+    assert not later.done and later.peek() is None and not calls
+    assert torch.equal(later.wait(), t * 2) and later.wait() is later.wait() and calls == [1]
+    with pytest.raises(ValueError, match="a value or a computation"):
+        Pending(None)
