@@ -6,7 +6,7 @@ Checks come from the case kind's ``compare`` and from the comparison stage
 from __future__ import annotations
 
 import traceback
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from runner.errors import UsageError
 from runner.records import Case, CaseResult, CheckResult, LaunchOutcome, Outcome, Verdict
@@ -57,12 +57,14 @@ def decide(session: Any, case: Case, outcomes: Sequence[LaunchOutcome], *, backe
         if len(failed) > 1:
             detail += f" (+{len(failed) - 1} more failed check{'s' if len(failed) > 2 else ''})"
     else:
-        verdict, detail = Verdict.PASSED, _info_detail(info)
+        verdict, detail = Verdict.PASSED, passed_detail(info, checks)
     return _xfail(CaseResult(case, verdict, detail, duration, backend, tuple(outcomes), tuple(checks), info))
 
 
-def _info_detail(info: dict[str, Any]) -> str:
-    return str(info.get("summary", ""))
+def passed_detail(info: Mapping[str, Any], checks: Sequence[CheckResult]) -> str:
+    """A passed case's detail: the kind's summary, and every check that could not judge (said why)."""
+    not_judged = [c.detail for c in checks if c.skipped and c.data.get("inconclusive")]
+    return "; ".join(d for d in (str(info.get("summary", "")), *not_judged) if d)
 
 
 def _xfail(result: CaseResult) -> CaseResult:

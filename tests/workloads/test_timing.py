@@ -166,3 +166,30 @@ def test_planted_2x_slowdown_fails_the_timing_check_and_the_clean_case_passes(ru
     assert "iteration-time timing" in failed[0]["detail"] and "the step's CPU time is" in failed[0]["detail"]
     assert failed[0]["data"]["ratio"] > failed[0]["data"]["bound"] == 1.4
     assert "iteration-time" in slow["detail"]
+
+
+def test_a_saturated_machine_makes_a_timing_failure_inconclusive_not_failed():
+    # the golden's steps: 0.2 s wall for 0.05 s CPU (wall/CPU 4). A saturated run's steps take
+    # 16 s of wall per CPU second (4x the golden's) and their CPU time grew 1.6x:
+    # cache and core sharing, not the code. Not judged, said so.
+    c = _timing(_run(1.28, 0.08))
+    assert c.passed and c.skipped and c.data["inconclusive"] and c.data["contention"] == pytest.approx(4.0)
+    assert "timing not judged: the machine was saturated" in c.detail and "1.6x the golden's" in c.detail
+    # within the contention limit the same CPU time fails
+    c = _timing(_run(0.4, 0.08))
+    assert not c.passed and not c.skipped and "1.6x the golden's" in c.detail
+    # a real 2x compute slowdown stretches wall and CPU alike: judged, and it fails
+    c = _timing(_run(0.4, 0.1))
+    assert not c.passed and c.data["contention"] == pytest.approx(1.0)
+    # a saturated run that is within the bound simply passes
+    c = _timing(_run(1.6, 0.06))
+    assert c.passed and not c.skipped
+
+
+def test_an_inconclusive_timing_check_is_named_in_the_passed_verdict():
+    from runner.compare.verdict import passed_detail
+
+    c = _timing(_run(1.28, 0.08))
+    fine = _timing(_run(0.2, 0.05))
+    assert passed_detail({"summary": "3 steps"}, [fine, c]) == f"3 steps; {c.detail}"
+    assert passed_detail({}, [fine]) == ""
