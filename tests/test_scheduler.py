@@ -371,3 +371,27 @@ def test_exitfirst_stops_the_launch_dispatched_while_the_failure_was_compared(tm
     assert results["b_started_meanwhile"].verdict is Verdict.INTERRUPTED
     assert results["c_never"].verdict is Verdict.INTERRUPTED and "not run" in results["c_never"].detail
     assert _all_stopped(started) and not sched.interrupted
+
+
+def test_comparisons_come_back_in_queue_order_and_a_jobs_exception_is_raised_where_it_is_taken():
+    from runner.run.comparisons import Comparisons
+
+    comparisons: Comparisons[str, int] = Comparisons()
+    gate = threading.Event()
+    comparisons.submit("slow", lambda: gate.wait(60) and 1)
+    comparisons.submit("quick", lambda: 2)
+
+    def planted() -> int:
+        raise ValueError("planted comparison bug")
+
+    comparisons.submit("broken", planted)
+    assert list(comparisons.take_ready()) == [] and len(comparisons) == 3   # nothing overtakes 'slow'
+    gate.set()
+    taken: list[tuple[str, int]] = []
+    with pytest.raises(ValueError, match="planted comparison bug"):
+        while len(comparisons):
+            comparisons.wait(0.5)
+            for item in comparisons.take_ready():
+                taken.append(item)
+    assert taken == [("slow", 1), ("quick", 2)] and len(comparisons) == 0
+    comparisons.close()

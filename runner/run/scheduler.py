@@ -27,7 +27,7 @@ from runner.errors import UsageError
 from runner.run.launch_dirs import LaunchProblem, archive_attempt, prepare_results_dir, write_case_result
 
 
-@dataclass
+@dataclass(eq=False)   # one object per case: found and removed by identity
 class _CaseRun:
     case: Case
     launches: list[Launch]
