@@ -16,6 +16,12 @@ def expand_path_arg(raw: str, *, suffixes: tuple[str, ...] | None = None) -> tup
         raise UsageError(f"{path_part}: no such file or directory")
     if not p.is_dir():
         return False, [(p, name if sep else None)]
-    files = sorted(f for f in p.rglob("*") if (suffixes is None or f.suffix in suffixes) and f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
-    return True, [(f, None) for f in files]
+    return True, [(f, None) for f in _files_below(p, suffixes)]
+
+
+def _files_below(folder: Path, suffixes: tuple[str, ...] | None) -> list[Path]:
+    def wanted(f: Path) -> bool:
+        return (suffixes is None or f.suffix in suffixes) and f.is_file() and \
+            not any(part.startswith(".") for part in f.relative_to(folder).parts)
+
+    return sorted(f for f in folder.rglob("*") if wanted(f))
