@@ -331,7 +331,7 @@ def test_the_next_launch_starts_while_a_finished_case_is_compared(tmp_path):
     """)
     b_submitted = threading.Event()
     session.plugins.pm.register(_HoldComparison("a_compared_slowly", b_submitted), name="hold")
-    backend = ProcessBackend({"cpus": "1"})   # one at a time: b can only start in a's freed slot
+    backend = ProcessBackend({"cpus": "2"})   # a's comparison holds one slot, b fits in the other
     real_submit = backend.submit
 
     def submit(launch):
@@ -341,7 +341,8 @@ def test_the_next_launch_starts_while_a_finished_case_is_compared(tmp_path):
 
     backend.submit = submit
     reported = []
-    results = Scheduler(session, backend, on_result=reported.append).run(cases)
+    # one case at a time: b can only start once a has finished, i.e. during a's comparison
+    results = Scheduler(session, backend, jobs=1, on_result=reported.append).run(cases)
     assert [(r.case.name, r.verdict) for r in results] == [
         ("a_compared_slowly", Verdict.PASSED), ("b_next", Verdict.PASSED), ("c_last", Verdict.PASSED)], \
         [r.detail for r in results]
@@ -356,7 +357,7 @@ def test_exitfirst_stops_the_launch_dispatched_while_the_failure_was_compared(tm
           - {name: b_started_meanwhile, args: {script: x.py, golden: false}, env: {SLEEP: "300"}}
           - {name: c_never, args: {script: x.py, golden: false}}
     """)
-    backend = ProcessBackend({"cpus": "1"})
+    backend = ProcessBackend({"cpus": "2"})
     started = []
     real_submit = backend.submit
 
@@ -365,7 +366,7 @@ def test_exitfirst_stops_the_launch_dispatched_while_the_failure_was_compared(tm
         return started[-1]
 
     backend.submit = submit
-    sched = Scheduler(session, backend, exitfirst=True)
+    sched = Scheduler(session, backend, jobs=1, exitfirst=True)
     results = {r.case.name: r for r in sched.run(cases)}
     assert results["a_fail"].verdict is Verdict.ERROR
     assert results["b_started_meanwhile"].verdict is Verdict.INTERRUPTED
@@ -395,3 +396,35 @@ def test_comparisons_come_back_in_queue_order_and_a_jobs_exception_is_raised_whe
                 taken.append(item)
     assert taken == [("slow", 1), ("quick", 2)] and len(comparisons) == 0
     comparisons.close()
+
+
+def test_a_comparison_holds_a_cpu_slot_so_a_case_that_needs_the_whole_machine_waits_for_it(tmp_path):
+    """On a machine the launches fill, the comparison is not overlapped with the next case
+    (both would only run slower): b starts after a's verdict."""
+    session, cases = make_session(tmp_path, """
+        defaults: {kind: script, resources: {nproc_per_node: 2}, env: {SLEEP: "0.2"}}
+        cases:
+          - {name: a_compared, args: {script: x.py, golden: false}}
+          - {name: b_whole_machine, args: {script: x.py, golden: false}}
+    """)
+    events: list[str] = []
+
+    class Record:
+        @hookimpl
+        def runner_case_checks(self, case, outcomes):
+            time.sleep(0.3)
+            events.append(f"compared {case.name}")
+            return []
+
+    session.plugins.pm.register(Record(), name="record")
+    backend = ProcessBackend({"cpus": "2"})
+    real_submit = backend.submit
+
+    def submit(launch):
+        events.append(f"submit {launch.case_id.rsplit('::')[-1]}")
+        return real_submit(launch)
+
+    backend.submit = submit
+    results = Scheduler(session, backend).run(cases)
+    assert [r.verdict for r in results] == [Verdict.PASSED, Verdict.PASSED]
+    assert events == ["submit a_compared", "compared a_compared", "submit b_whole_machine", "compared b_whole_machine"]

@@ -1,11 +1,12 @@
 """Runs cases through a backend: concurrency within capacity, time limits, retries, -x, Ctrl-C.
 
-One loop in one thread, each turn: react to a stop (Ctrl-C, ``-x``), dispatch what fits,
-take the verdicts that are ready, then poll every in-flight job with ONE batched backend
+One loop in one thread, each turn: take the verdicts that are ready, react to a stop
+(Ctrl-C, ``-x``), dispatch what fits, then poll every in-flight job with ONE batched backend
 call and handle what finished: retry an INFRA attempt, start the case's next launch, or
 queue the case for comparison. Comparisons run on a worker thread
 (``runner.run.comparisons``), so a freed slot or warm pool is refilled at once instead of
-idling while a finished case is compared; verdicts are still taken in the order cases
+idling while a finished case is compared; a comparison in progress holds one CPU slot of the
+capacity (it is work in this process), and verdicts are still taken in the order cases
 finished. The runner, not the backend, owns time limits (``cancel(handle, "timeout")`` at
 the deadline, then polling until the job is gone), so every backend gets the same
 semantics.
@@ -129,13 +130,13 @@ class Scheduler:
 
     def _loop(self) -> None:
         while self._q.busy:
+            self._take_verdicts()
             if self.interrupted and not self._stop_starting:
                 self._stop("interrupt")
             if self._stop_starting:
                 self._drop_pending()
             else:
                 self._dispatch()
-            self._take_verdicts()
             self.on_progress(len(self._q.results), len(self._q.running), self._total)
             if self._q.running:
                 time.sleep(self.backend.poll_interval)
@@ -163,10 +164,14 @@ class Scheduler:
         return self.jobs is not None and len(self._q.running) >= self.jobs
 
     def _fits(self, run: _CaseRun) -> bool:
+        """Within the capacity, where a comparison in progress holds one CPU slot (it runs in
+        this process: on a machine the launches fill, overlapping it only slows both)."""
         running = self._q.running
-        if not running:
+        comparing = 1 if len(self._q.comparing) else 0
+        if not running and not comparing:
             return True  # a case larger than the machine still runs, alone
-        fits_cpus = self.cap_cpus is None or sum(r.cpus for r in running) + run.cpus <= self.cap_cpus
+        used_cpus = sum(r.cpus for r in running) + comparing
+        fits_cpus = self.cap_cpus is None or used_cpus + run.cpus <= self.cap_cpus
         fits_gpus = self.cap_gpus is None or sum(r.gpus for r in running) + run.gpus <= self.cap_gpus
         return fits_cpus and fits_gpus
 
