@@ -12,7 +12,7 @@ comparison, e.g. large captures or goldens on a network share): a scheduler that
 while it compares hides that time behind the next case's run, one that waits adds it per case.
 
     python benchmarks/pool_suite.py [--repeats 1] [--paths specs/unit/] [--baseline DIR] [--no-fresh]
-                                    [--compare-delay S]
+                                    [--compare-delay S] [--backend-opt KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paths", nargs="+", default=["specs/unit/"])
     p.add_argument("--baseline", type=Path, help="a checkout whose pooled run alternates with this one's")
     p.add_argument("--no-fresh", dest="fresh", action="store_false", help="leave out the unpooled runs")
+    p.add_argument("--backend-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to every run (e.g. cpus=5: a CPU slot to spare for the comparison)")
     p.add_argument("--compare-delay", type=float, default=0.0, metavar="S",
                    help="a plugin check that waits S seconds per case")
     ns = p.parse_args(argv)
+    common = [arg for opt in ns.backend_opt for arg in ("--backend-opt", opt)]
     modes = [("pooled", [], ROOT)]
     if ns.baseline is not None:
         modes.append(("baseline", [], ns.baseline.resolve()))
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra, code in modes:
                 report = d / f"{name}{i}.json"
                 walls[name].append(timed(runner_cmd("run", *ns.paths, "--results-dir", str(d / f"{name}{i}"),
-                                                    "--json", str(report), "--platform", "cpu", *plugin, *extra),
+                                                    "--json", str(report), "--platform", "cpu", *plugin, *common, *extra),
                                          ok=(0, 1), code=code))
                 cpus[name].append(CPU[-1])
                 later[name].append(after_first_case(report))
