@@ -135,7 +135,8 @@ def runner_should_retry(case: "Case", outcome: "LaunchOutcome", attempt: int) ->
 # -- compare --------------------------------------------------------------------------------
 @hookspec
 def runner_case_checks(case: "Case", outcomes: "Sequence[LaunchOutcome]") -> "list[CheckResult]":
-    """Add checks to a case's verdict besides its kind's (each plugin returns a list)."""
+    """Add checks to a case's verdict besides its kind's (each plugin returns a list). Called
+    on the scheduler's comparison thread (one at a time), not the thread that dispatches."""
 
 
 # -- report ---------------------------------------------------------------------------------

@@ -40,6 +40,12 @@ def _env_pids(needle: str) -> list[int]:
     return out
 
 
+def _own_pids(project) -> list[int]:
+    """The processes of this test's launches only (other test runs on the machine use the
+    same case ids): the spec gives them RUNNER_TEST_PROJECT=<this project's folder>."""
+    return _env_pids(f"RUNNER_TEST_PROJECT={project.path}\0")
+
+
 @pytest.fixture
 def project(runner_project):
     runner_project.write("specs/w.py", WORKER)
@@ -126,8 +132,8 @@ def test_timeout_kills_everything(project):
     spec(project, """
         cases:
           - {name: sleeper, kind: script, timeout: 4, resources: {nproc_per_node: 2},
-             args: {script: w.py, argv: [sleep], golden: false}}
-    """)
+             args: {script: w.py, argv: [sleep], golden: false}, env: {RUNNER_TEST_PROJECT: "{project}"}}
+    """.replace("{project}", str(project.path)))
     t0 = time.monotonic()
     r = project.run("run", "specs", "--backend-opt", "grace=3")
     took = time.monotonic() - t0
@@ -136,7 +142,7 @@ def test_timeout_kills_everything(project):
     assert took < 4 + 10 + 5, took   # + interpreter start and the report
     assert "time limit" in r.case("sleeper")["detail"]
     time.sleep(0.5)
-    assert _env_pids("RUNNER_CASE_ID=specs/s.yaml::sleeper") == []
+    assert _own_pids(project) == []
 
 
 @pytest.mark.slow
@@ -144,14 +150,14 @@ def test_ctrl_c_stops_processes_and_prints_table(project):
     spec(project, """
         cases:
           - {name: sleeper, kind: script, timeout: 300, resources: {nproc_per_node: 2},
-             args: {script: w.py, argv: [sleep], golden: false}}
-    """)
+             args: {script: w.py, argv: [sleep], golden: false}, env: {RUNNER_TEST_PROJECT: "{project}"}}
+    """.replace("{project}", str(project.path)))
     proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "specs", "--results-dir",
                              str(project.path / "results"), "--backend-opt", "grace=3"],
                             cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if len(_env_pids("RUNNER_CASE_ID=specs/s.yaml::sleeper")) >= 4:   # 1 agent + 2 workers + ...
+        if len(_own_pids(project)) >= 4:   # 1 agent + 2 workers + ...
             break
         time.sleep(0.3)
     time.sleep(1.0)
@@ -160,7 +166,7 @@ def test_ctrl_c_stops_processes_and_prints_table(project):
     assert proc.returncode == 2, (out, err)
     assert "INTERRUPTED" in out and "verdict" in out
     time.sleep(0.5)
-    assert _env_pids("RUNNER_CASE_ID=specs/s.yaml::sleeper") == []
+    assert _own_pids(project) == []
 
 
 def test_usage_errors(project, tmp_path):

@@ -5,7 +5,7 @@ import argparse
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 from runner.errors import UsageError
 from runner.hookspecs import hookimpl
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from runner.run.session import Session
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_report(path: Path, text: str) -> None:
+    """Write a report file atomically; a path that cannot be written is a usage error."""
     try:
         write_text_atomic(path, text)
     except OSError as exc:
@@ -29,7 +30,7 @@ def write_json(path: str | Path, results: Sequence[CaseResult], meta: dict[str, 
     for r in results:
         counts[r.verdict.value] = counts.get(r.verdict.value, 0) + 1
     doc = {**meta, "summary": counts, "cases": [r.to_json() for r in results]}
-    _atomic_write(Path(path), json.dumps(doc, indent=2, default=str, allow_nan=True) + "\n")
+    write_report(Path(path), json.dumps(doc, indent=2, default=str, allow_nan=True) + "\n")
 
 
 def write_junit(path: str | Path, results: Sequence[CaseResult], *, suite_name: str = "runner") -> None:
@@ -58,46 +59,56 @@ def write_junit(path: str | Path, results: Sequence[CaseResult], *, suite_name: 
     suite.set("time", f"{total_time:.3f}")
     tree = ET.ElementTree(suite)
     ET.indent(tree)
-    _atomic_write(Path(path), ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
+    write_report(Path(path), ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n")
 
 
-class JSONReporter(Reporter):
-    id = "json"
-    description = "--json FILE: every case, its launches, checks and info as JSON"
+class FileReporter(Reporter):
+    """A reporter that writes one file named by its option (``--json FILE``...): subclasses
+    set ``option``, ``dest`` and ``help`` and implement ``write``."""
 
-    def __init__(self, path: str) -> None:
+    option: ClassVar[str]
+    dest: ClassVar[str]
+    help: ClassVar[str]
+
+    def __init__(self, path: str | Path) -> None:
         self.path = path
 
     @classmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--json", dest="json_path", metavar="FILE", help="write a JSON report")
+        parser.add_argument(cls.option, dest=cls.dest, metavar="FILE", help=cls.help)
 
     @classmethod
-    def create(cls, ns: argparse.Namespace, session: "Session") -> "JSONReporter | None":
-        path = getattr(ns, "json_path", None)
-        return cls(path) if path else None
+    def create(cls, ns: argparse.Namespace, session: "Session") -> "FileReporter | None":
+        path = getattr(ns, cls.dest, None)
+        return cls(path) if path and cls.wanted(ns) else None
+
+    @classmethod
+    def wanted(cls, ns: argparse.Namespace) -> bool:
+        """Whether this command line gets the report when the option is given."""
+        return True
 
     def session_finish(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
+        self.write(session, results, summary)
+
+    def write(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
+        raise NotImplementedError
+
+
+class JSONReporter(FileReporter):
+    id = "json"
+    description = "--json FILE: every case, its launches, checks and info as JSON"
+    option, dest, help = "--json", "json_path", "write a JSON report"
+
+    def write(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
         write_json(self.path, results, summary.to_json())
 
 
-class JUnitReporter(Reporter):
+class JUnitReporter(FileReporter):
     id = "junit"
     description = "--junit-xml FILE: JUnit XML for CI test tabs"
+    option, dest, help = "--junit-xml", "junit_path", "write a JUnit XML report"
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    @classmethod
-    def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--junit-xml", dest="junit_path", metavar="FILE", help="write a JUnit XML report")
-
-    @classmethod
-    def create(cls, ns: argparse.Namespace, session: "Session") -> "JUnitReporter | None":
-        path = getattr(ns, "junit_path", None)
-        return cls(path) if path else None
-
-    def session_finish(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
+    def write(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
         write_junit(self.path, results)
 
 

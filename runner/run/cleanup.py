@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import time
 import traceback
+from types import TracebackType
 from typing import Any, Callable, MutableMapping
 
 from runner.records import Case, CaseResult, Verdict
 
 
 class StopEverything:
+    """``comparing``: an object whose ``in_flight`` lists the runs whose comparison has not
+    been taken yet (``runner.run.comparisons.Comparisons``); they are reported as interrupted."""
+
     def __init__(self, backend: Any, running: list[Any], pending: list[Any],
-                 results: MutableMapping[str, CaseResult], *, on_stopped: Callable[[], None] | None = None) -> None:
+                 results: MutableMapping[str, CaseResult], *, comparing: Any = None,
+                 on_stopped: Callable[[], None] | None = None) -> None:
         self.backend = backend
         self.running = running
         self.pending = pending
         self.results = results
+        self.comparing = comparing
         self.on_stopped = on_stopped or (lambda: None)
         self.internal_error: str | None = None
         self.interrupted = False
@@ -30,7 +36,8 @@ class StopEverything:
     def __enter__(self) -> "StopEverything":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         if exc_type is None:
             return False
         if issubclass(exc_type, KeyboardInterrupt):
@@ -45,35 +52,45 @@ class StopEverything:
         return issubclass(exc_type, Exception) or issubclass(exc_type, KeyboardInterrupt)
 
     def stop_all(self, detail: str) -> None:
-        handles = [r.handle for r in self.running if getattr(r, "handle", None) is not None]
-        for h in handles:
-            try:
-                self.backend.cancel(h, "interrupt")
-            except Exception:  # noqa: BLE001 - keep cancelling the others
-                pass
+        live = [r for r in self.running if getattr(r, "handle", None) is not None]
+        for r in live:
+            _quietly(self.backend.cancel, r.handle, "interrupt")
+        self._reap(live)
+        comparing = list(getattr(self.comparing, "in_flight", []) or [])
+        for r in self.running + comparing:
+            self._give_result(r.case, detail)
+        for r in self.pending:
+            self._give_result(r.case, "not run (session stopped)")
+        self.running.clear()
+        self.pending.clear()
+
+    def _reap(self, live: list[Any]) -> None:
+        """Poll until every cancelled job is gone (bounded: the backend's grace plus 10 s),
+        collecting each one (that frees the backend's resources)."""
         grace = float(getattr(self.backend, "grace", 10.0) or 10.0)
         deadline = time.monotonic() + grace + 10.0
-        live = [r for r in self.running if getattr(r, "handle", None) is not None]
+        pause = min(0.2, float(getattr(self.backend, "poll_interval", 0.2)))
         while live and time.monotonic() < deadline:
             try:
                 states = self.backend.poll([r.handle for r in live])
             except Exception:  # noqa: BLE001 - a backend that cannot poll cannot be waited for
-                break
-            for r in list(live):
-                st = states.get(r.handle.id)
-                if st is not None and st.done:
-                    live.remove(r)
-                    try:
-                        self.backend.collect(r.handle)   # frees the backend's resources
-                    except Exception:  # noqa: BLE001
-                        pass
+                return
+            for r in [r for r in live if _done(states.get(r.handle.id))]:
+                live.remove(r)
+                _quietly(self.backend.collect, r.handle)
             if live:
-                time.sleep(min(0.2, float(getattr(self.backend, "poll_interval", 0.2))))
-        for r in list(self.running) + list(self.pending):
-            case: Case = r.case
-            self.results.setdefault(case.id, CaseResult(case, Verdict.INTERRUPTED, detail if r in self.running
-                                                        else "not run (session stopped)", 0.0, self.backend.id))
-        self.running.clear()
-        self.pending.clear()
+                time.sleep(pause)
+
+    def _give_result(self, case: Case, detail: str) -> None:
+        self.results.setdefault(case.id, CaseResult(case, Verdict.INTERRUPTED, detail, 0.0, self.backend.id))
 
 
+def _done(state: Any) -> bool:
+    return state is not None and bool(state.done)
+
+
+def _quietly(call: Callable[..., Any], *args: Any) -> None:
+    try:
+        call(*args)
+    except Exception:  # noqa: BLE001 - keep stopping the others
+        pass

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 from runner.errors import SpecError, UsageError, did_you_mean
 from runner.records import Case
+from runner.spec.path_args import expand_path_arg
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,11 @@ def expand_paths(paths: Iterable[str], sources: list[CaseSource]) -> list[tuple[
     out: list[tuple[Path, str | None, CaseSource]] = []
     seen: set[tuple[Path, str | None]] = set()
     for raw in paths:
-        path_part, sep, name = raw.partition("::")
-        p = Path(path_part)
-        if not p.exists():
-            raise UsageError(f"{path_part}: no such file or directory")
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file()
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            items: list[tuple[Path, str | None]] = [(f, None) for f in files]
-        else:
-            items = [(p, name if sep else None)]
+        is_dir, items = expand_path_arg(raw)
         for f, flt in items:
             source = next((s for s in sources if s.claims(f)), None)
             if source is None:
-                if not p.is_dir():
+                if not is_dir:
                     raise UsageError(f"{f}: no case source reads this file (sources: "
                                      f"{', '.join(s.id for s in sources)})")
                 continue

@@ -14,6 +14,7 @@ from runner.errors import CaseError, SpecError, UsageError, did_you_mean
 from runner.records import Case, Location, Resources
 from runner.platforms import profile_candidates
 from runner.spec.bounded import check_name_component, read_text
+from runner.spec.path_args import expand_path_arg
 from runner.spec.schema import suite_schema, validate
 from runner.spec.yamlpos import dotted, load_with_positions
 
@@ -28,25 +29,13 @@ _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(s|m|h)?\s*$")
 def find_spec_files(paths: Iterable[str]) -> list[tuple[Path, str | None]]:
     """Expand PATHS (files, directories, 'file.yaml::case') into (file, case-name filter)."""
     out: list[tuple[Path, str | None]] = []
-    for raw in paths:
-        path_part, sep, name = raw.partition("::")
-        p = Path(path_part)
-        if not p.exists():
-            raise UsageError(f"{path_part}: no such file or directory")
-        if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.suffix in SPEC_SUFFIXES and f.is_file()
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
-            out.extend((f, None) for f in files)
-        else:
-            out.append((p, name if sep else None))
     seen: set[tuple[Path, str | None]] = set()
-    uniq = []
-    for item in out:
-        key = (item[0].resolve(), item[1])
-        if key not in seen:
-            seen.add(key)
-            uniq.append(item)
-    return uniq
+    for raw in paths:
+        for file, name_filter in expand_path_arg(raw, suffixes=SPEC_SUFFIXES)[1]:
+            if (file.resolve(), name_filter) not in seen:
+                seen.add((file.resolve(), name_filter))
+                out.append((file, name_filter))
+    return out
 
 
 def parse_duration(value: Any) -> float:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from runner.errors import UsageError
 from runner.hookspecs import hookimpl
 from runner.records import CaseResult
-from runner.report.base import Reporter, SessionSummary
+from runner.report.base import SessionSummary
+from runner.report.files import FileReporter, write_report
 
 if TYPE_CHECKING:
     from runner.run.session import Session
@@ -20,43 +21,35 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'dist-spec-runner[html]'"
 
 
-class HTMLReporter(Reporter):
+class HTMLReporter(FileReporter):
     id = "html"
     description = "--html FILE: one self-contained page: verdicts, metric curves vs golden, tensor diffs, logs"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def add_options(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--html", dest="html_path", metavar="FILE",
-                            help="write an HTML report with plots (needs matplotlib: the 'html' extra)")
+    option, dest = "--html", "html_path"
+    help = "write an HTML report with plots (needs matplotlib: the 'html' extra)"
 
     @classmethod
-    def create(cls, ns: argparse.Namespace, session: "Session") -> "HTMLReporter | None":
-        path = getattr(ns, "html_path", None)
-        if not path or getattr(ns, "dry_run", False):
-            return None
+    def wanted(cls, ns: argparse.Namespace) -> bool:
+        if getattr(ns, "dry_run", False):
+            return False
         try:
             import matplotlib  # noqa: F401  (only: is it there?)
         except ImportError:
             raise UsageError(f"--html needs matplotlib, which is not installed: {INSTALL_HINT}") from None
-        return cls(Path(path))
+        return True
 
-    def session_finish(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
-        write_html(self.path, session, results, summary)
+    def write(self, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
+        write_html(Path(self.path), session, results, summary)
 
 
 def write_html(path: Path, session: "Session", results: Sequence[CaseResult], summary: SessionSummary) -> None:
     from runner.report.html.collect import case_view
     from runner.report.html.page import render_page
     from runner.report.html.plots import heatmap_svg, metric_svg
-    from runner.results import write_bytes_atomic
 
     views = [case_view(session, r) for r in results]
     text = render_page(views, summary, metric_svg=metric_svg, heatmap_svg=heatmap_svg)
+    write_report(Path(path), text)
     try:
-        write_bytes_atomic(Path(path), text.encode())
         Path(path).chmod(0o644)
     except OSError as exc:
         raise UsageError(f"cannot write report {path}: {exc.strerror or exc}") from None
