@@ -30,7 +30,7 @@ from io import BytesIO
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _speed import PYTHON, ROOT, env, load, median, row  # noqa: E402
+from _speed import PYTHON, ROOT, env, load, row  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from backends.local.backend import LocalBackend  # noqa: E402

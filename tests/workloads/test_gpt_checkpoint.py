@@ -222,3 +222,19 @@ def test_single_process_without_distributed(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path, target) == 1
     assert torch.equal(target["w"], state["w"]) and target["n"] == 3
     assert torch.equal(target["rng"]["torch_cpu"], state["rng"]["torch_cpu"])
+
+
+def test_the_training_modules_import_neither_dcp_nor_sympy() -> None:
+    """DCP's DTensor code imports sympy (seconds per rank): only a launch that saves or loads
+    may pay it, through save_checkpoint/load_checkpoint/import_dcp."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workloads.gpt.worker, workloads.gpt.checkpoint, workloads.gpt.data, "
+            "workloads.gpt.dist_optimizer\n"
+            "print(int('torch.distributed.checkpoint' in sys.modules), int('sympy' in sys.modules))\n"
+            "from workloads.gpt.checkpoint import import_dcp\nimport_dcp()\n"
+            "print(int('torch.distributed.checkpoint' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=300).stdout.split()
+    assert out == ["0", "0", "1"]

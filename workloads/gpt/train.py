@@ -45,6 +45,7 @@ from workloads.gpt.checkpoint import (
     MARKER_FILE,
     SaveRequest,
     finalize_pending_saves,
+    import_dcp,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -260,6 +261,8 @@ class Trainer:
 
     def run(self) -> None:
         cfg, load_dir, save_dir = self.cfg, self.opts.load_dir, self.opts.save_dir
+        if load_dir is not None or (save_dir is not None and cfg.save_interval):
+            import_dcp()   # once, before the first timed step
         if load_dir is not None and (not self.opts.load_optional or (load_dir / MARKER_FILE).is_file()):
             self.load(load_dir)
         elif load_dir is not None:

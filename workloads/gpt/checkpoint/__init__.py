@@ -27,8 +27,10 @@ collectives on a dedicated gloo group so the async save's background thread neve
 a communicator with training (and works with NCCL training on GPUs).
 
 Importing this package does not import ``torch.distributed.checkpoint``: DCP's DTensor code
-imports sympy (seconds per rank, far more on a loaded machine), so only ``save_checkpoint``
-and ``load_checkpoint`` import it, and a launch that neither saves nor loads never pays it.
+imports sympy (seconds per rank, far more on a loaded machine), so only ``save_checkpoint``,
+``load_checkpoint`` and ``import_dcp`` (which the training loop calls before its first step
+when the launch saves or loads) import it, and a launch that neither saves nor loads never
+pays it.
 
 Modules: ``marker`` (directory names, the marker), ``state_codec`` (nested state to DCP's
 flat dict), ``collective`` (the checkpoint gloo group, cross-rank agreement on errors),
@@ -47,7 +49,13 @@ from workloads.gpt.checkpoint.marker import (
     set_latest_iteration,
 )
 from workloads.gpt.checkpoint.rng import rng_state, set_rng_state
-from workloads.gpt.checkpoint.save import SaveRequest, discard_iteration, finalize_pending_saves, save_checkpoint
+from workloads.gpt.checkpoint.save import (
+    SaveRequest,
+    discard_iteration,
+    finalize_pending_saves,
+    import_dcp,
+    save_checkpoint,
+)
 
 __all__ = [
     "FORMAT",
@@ -57,6 +65,7 @@ __all__ = [
     "SaveRequest",
     "discard_iteration",
     "finalize_pending_saves",
+    "import_dcp",
     "iteration_dir",
     "load_checkpoint",
     "read_latest_iteration",
