@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,26 @@ def test_the_local_agent_reports_a_failing_rank_as_torchrun_does(tmp_path: Path)
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "exitcode  : 3" in proc.stderr or "exitcode: 3" in proc.stderr, proc.stderr
+
+
+def test_the_agents_method_name_is_torchruns_own() -> None:
+    """The rendezvous event name from one frame lookup equals torch's ``inspect.stack()`` one,
+    at the depth torch asks for and past the end of the stack; the patch is in place."""
+    from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
+
+    from backends.local.agent import cheap_method_names, method_name
+
+    original = dr.get_method_name
+
+    def record(helper: Any) -> str:   # like _DistributedRendezvousOpExecutor._record
+        return helper()
+
+    def join_rendezvous() -> tuple[str, str]:
+        return record(original), record(method_name)
+
+    try:
+        assert join_rendezvous() == ("join_rendezvous", "join_rendezvous")
+        assert method_name(10_000) == original(10_000) == "no_method_name"
+        assert cheap_method_names() and dr.get_method_name is method_name
+    finally:
+        dr.get_method_name = original
