@@ -123,11 +123,11 @@ def test_import_runner_is_lazy_yet_complete() -> None:
 
 @pytest.mark.slow
 def test_the_local_agent_reports_a_failing_rank_as_torchrun_does(tmp_path: Path) -> None:
-    """``python -m backends.local.agent`` is torchrun: a rank's exit code 3 makes the agent fail
+    """``python -m backends.local.torchrun`` is torchrun: a rank's exit code 3 makes the agent fail
     (exit 1) with torchrun's own error summary naming the exit code."""
     script = tmp_path / "fail.py"
     script.write_text("import sys\nsys.exit(3)\n")
-    proc = subprocess.run([sys.executable, "-m", "backends.local.agent", "--standalone", "--nproc-per-node", "1",
+    proc = subprocess.run([sys.executable, "-m", "backends.local.torchrun", "--standalone", "--nproc-per-node", "1",
                            "--monitor-interval", "0.1", str(script)], cwd=tmp_path, env=_env(OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -139,7 +139,7 @@ def test_the_agents_method_name_is_torchruns_own() -> None:
     at the depth torch asks for and past the end of the stack; the patch is in place."""
     from torch.distributed.elastic.rendezvous import dynamic_rendezvous as dr
 
-    from backends.local.agent import cheap_method_names, method_name
+    from backends.local.torchrun import cheap_method_names, method_name
 
     original = dr.get_method_name
 
@@ -155,3 +155,18 @@ def test_the_agents_method_name_is_torchruns_own() -> None:
         assert cheap_method_names() and dr.get_method_name is method_name
     finally:
         dr.get_method_name = original
+
+
+def test_records_that_die_with_the_machine_skip_the_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Completion and ownership records are written atomically without waiting for the disk;
+    every other atomic write still syncs."""
+    from runner.results import write_json_atomic
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    write_json_atomic(tmp_path / "quick.json", {"a": 1}, durable=False)
+    assert synced == [] and json.loads((tmp_path / "quick.json").read_text()) == {"a": 1}
+    write_json_atomic(tmp_path / "kept.json", {"b": 2})
+    assert len(synced) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", "quick.json"]   # no temporaries left

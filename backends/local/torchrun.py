@@ -1,4 +1,4 @@
-"""The local backend's torchrun agent: ``python -m backends.local.agent ARGS...``.
+"""The local backend's torchrun agent: ``python -m backends.local.torchrun ARGS...``.
 
 Runs ``torch.distributed.run`` (torchrun) with ``ARGS`` exactly as ``python -m
 torch.distributed.run ARGS...`` would — same options, same output, same exit codes and error
@@ -44,7 +44,7 @@ def cheap_method_names() -> bool:
         return False
     if not callable(getattr(module, "get_method_name", None)):
         return False
-    module.get_method_name = method_name
+    setattr(module, "get_method_name", method_name)
     return True
 
 
