@@ -7,13 +7,15 @@ polling, result collection, report) against ``torchrun --standalone --nproc-per-
 script.py``. Prints the medians of wall and CPU seconds (user + system of every process of the
 run) and runner / bare (target: <= 1.05). ``--baseline DIR`` adds an earlier checkout's runner
 to the rotation (e.g. ``git worktree add /tmp/base main``), so before and after are measured
-under the same load.
+under the same load. ``--same-agent`` adds the bare script under the local backend's own agent
+(``python -m backends.local.torchrun --standalone ...``): runner / that is the runner's own
+overhead, with the agent's and the ranks' savings taken out of the comparison.
 
 The runner's own modules are byte-compiled first (``compileall``), as an installed package's
 are: with ``PYTHONDONTWRITEBYTECODE`` set and no ``__pycache__``, every process would compile
 them again on every start, a cost a real installation does not have.
 
-    python benchmarks/startup.py [--repeats 7] [--baseline DIR]
+    python benchmarks/startup.py [--repeats 7] [--baseline DIR] [--same-agent]
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--baseline", type=Path, help="another checkout whose runner runs in the same rotation")
+    p.add_argument("--same-agent", action="store_true",
+                   help="also the bare script under the local backend's agent (python -m backends.local.torchrun)")
     ns = p.parse_args(argv)
     base_code = ns.baseline.resolve() if ns.baseline else None
     for checkout in filter(None, (ROOT, base_code)):
@@ -65,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         d = Path(tmp)
         (d / "trivial.py").write_text(SCRIPT)
         (d / "trivial.yaml").write_text(SPEC)
-        walls: dict[str, list[float]] = {"bare": [], "runner": [], "baseline": []}
-        cpus: dict[str, list[float]] = {"bare": [], "runner": [], "baseline": []}
+        names = ("bare", "runner", "baseline", "agent")
+        walls: dict[str, list[float]] = {k: [] for k in names}
+        cpus: dict[str, list[float]] = {k: [] for k in names}
 
         def run_runner(name: str, code: Path, i: int) -> None:
             walls[name].append(timed(runner_cmd("run", str(d / "trivial.yaml"), "--results-dir",
@@ -76,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"before: {load()}", flush=True)
         for i in range(ns.repeats):
-            walls["bare"].append(timed([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                                        "2", str(d / "trivial.py")], cwd=d))
-            cpus["bare"].append(CPU[-1])
+            for name, module in (("bare", "torch.distributed.run"), ("agent", "backends.local.torchrun")):
+                if name == "agent" and not ns.same_agent:
+                    continue
+                walls[name].append(timed([PYTHON, "-m", module, "--standalone", "--nproc-per-node", "2",
+                                          str(d / "trivial.py")], cwd=d))
+                cpus[name].append(CPU[-1])
             run_runner("runner", ROOT, i)
             if base_code is not None:
                 run_runner("baseline", base_code, i)
@@ -91,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             print(row(f"baseline {base_code}, wall", walls["baseline"], walls["bare"], "baseline", "bare torchrun"))
             print(row(f"baseline {base_code}, CPU s", cpus["baseline"], cpus["bare"], "baseline", "bare torchrun"))
             print(row("this checkout vs baseline, wall", walls["runner"], walls["baseline"], "runner", "baseline"))
+        if ns.same_agent:
+            print(row("runner vs bare under the local agent, wall", walls["runner"], walls["agent"], "runner",
+                      "bare (local agent)"))
+            print(row("runner vs bare under the local agent, CPU s", cpus["runner"], cpus["agent"], "runner",
+                      "bare (local agent)"))
     return 0
 
 

@@ -170,3 +170,12 @@ def test_records_that_die_with_the_machine_skip_the_fsync(tmp_path: Path, monkey
     write_json_atomic(tmp_path / "kept.json", {"b": 2})
     assert len(synced) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", "quick.json"]   # no temporaries left
+
+
+def test_deciding_a_case_without_goldens_loads_no_numpy() -> None:
+    """The comparison stage and the verdict import the golden package, which loads numpy only
+    where a golden series is built: a run without goldens does not pay for it at its end."""
+    code = ("import sys, runner.compare.stage, runner.compare.verdict, runner.compare.golden; "
+            "print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False"], out.stderr

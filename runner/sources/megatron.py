@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from runner.compare.golden import find_golden
 from runner.errors import CaseError, SpecError, UsageError
 from runner.records import Case, Location, Resources
 from runner.sources import CaseSource, SourceContext
@@ -126,8 +127,6 @@ class MegatronSource(CaseSource):
         entry = str(settings.get("entry", "builtin"))
         argv_names = set(names_in([v for v in model_args.values() if not isinstance(v, bool)]))
         own_goldens = not (overlay and overlay.golden_dir)   # Megatron's case folder: never written to
-        from runner.compare.golden import find_golden   # here: numpy stays out of every other run's start
-
         if skip is None and find_golden(golden_root, golden_name, ctx.environment, ctx.platform) is None \
                 and test_type != "frozen-resume" and (own_goldens or not ctx.allow_missing_golden):
             skip = (f"no golden values for platform '{ctx.platform}' in {golden_root / golden_name} "
