@@ -97,7 +97,7 @@ def test_dry_run_prints_and_starts_nothing(project):
     """)
     r = project.run("run", "specs", "--dry-run")
     assert r.exit_code == 0, r
-    assert r.stdout.count("torch.distributed.run") == 2   # two simulated nodes
+    assert r.stdout.count("-m backends.local.torchrun") == 2   # two simulated nodes (torchrun agents)
     assert "--nnodes 2 --nproc-per-node 2" in r.stdout and "runner.worker" in r.stdout
     assert not (project.path / "results").exists()
 

@@ -1,6 +1,7 @@
 """The local backend: torchrun on this machine.
 
-Each launch runs ``python -m torch.distributed.run`` (torchrun) with a c10d rendezvous on
+Each launch runs torchrun (``python -m backends.local.torchrun``: ``torch.distributed.run``
+with two of its costs taken out, see that module) with a c10d rendezvous on
 127.0.0.1 and a free port; a case asking for ``nodes > 1`` gets that many torchrun agents
 (simulated nodes) meeting at the same rendezvous. The agents share one process group of
 their own; every process of the launch carries a token in its environment, so a time limit
@@ -36,7 +37,9 @@ from backends.local.ports import free_port
 class LocalBackend(Backend):
     id = "local"
     description = "torchrun on this machine (c10d rendezvous on 127.0.0.1; simulated nodes as extra agents)"
-    poll_interval = 0.2
+    #: a poll is one ``waitpid(WNOHANG)`` per agent (a /proc scan once they have all exited):
+    #: cheap enough to look often, so a finished launch is seen within 50 ms
+    poll_interval = 0.05
     options = {
         "python": "interpreter that runs torchrun (default: the runner's own)",
         "grace": "seconds between SIGTERM and SIGKILL when a launch is stopped (default 10)",
@@ -60,7 +63,7 @@ class LocalBackend(Backend):
 
     # -- rendering ------------------------------------------------------------------------------
     def _agent_cmd(self, launch: Launch, node_rank: int, port: int | str) -> list[str]:
-        cmd = [self.python, "-m", "torch.distributed.run",
+        cmd = [self.python, "-m", "backends.local.torchrun",
                "--nnodes", str(launch.nodes), "--nproc-per-node", str(launch.nproc_per_node),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
                "--rdzv-id", launch.job_name, "--max-restarts", "0",

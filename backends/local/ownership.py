@@ -73,7 +73,7 @@ def write_record(results_root: str | os.PathLike[str], record: LaunchRecord) -> 
     from runner.results import write_json_atomic
 
     path = record_dir(results_root) / f"{record.token}.json"
-    write_json_atomic(path, record.to_json())
+    write_json_atomic(path, record.to_json(), durable=False)   # meaningless after a reboot: no fsync
     return path
 
 
@@ -86,7 +86,7 @@ def mark_ended(path: Path) -> None:
     from runner.results import write_json_atomic
 
     try:
-        write_json_atomic(path, data)
+        write_json_atomic(path, data, durable=False)
     except OSError:
         pass
 

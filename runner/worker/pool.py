@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.worker.context import WorkerContext, read_launch
+from runner.worker.output import point_fds_at
 
 #: longest sleep between looks at the spool while idle (seconds)
 MAX_IDLE_SLEEP = 0.02
@@ -173,13 +174,7 @@ class _Output:
         self.saved = (os.dup(1), os.dup(2))
 
     def to(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+        point_fds_at(path)
 
     def back(self) -> None:
         sys.stdout.flush()

@@ -23,13 +23,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Mapping
 
 from runner.errors import UsageError
 from runner.records import Case
 from runner.results import write_json_atomic
+
+if TYPE_CHECKING:   # numpy is imported where a series is built: a run without goldens never loads it
+    import numpy as np
 
 MEGATRON_DECIMALS = 5
 LEGACY_META_KEY = "__meta__"         # where older runner versions put the fingerprint (read, never written)
@@ -50,6 +51,8 @@ class GoldenSeries:
     @classmethod
     def from_mapping(cls, values: Mapping[int, float], start_step: int | None = None,
                      end_step: int | None = None, step_interval: int = 1) -> "GoldenSeries":
+        import numpy as np
+
         steps = np.fromiter(values.keys(), dtype=np.int64, count=len(values))
         vals = np.fromiter(values.values(), dtype=np.float64, count=len(values))
         lo = int(steps.min()) if len(steps) else 1
@@ -139,6 +142,8 @@ def parse_series(name: str, series: Any, where: str) -> GoldenSeries:
     if not isinstance(series, dict) or not isinstance(series.get("values"), dict):
         raise UsageError(f"{where}: metric '{name}': expected {{start_step, end_step, step_interval, "
                          f"values: {{step: value}}}}")
+    import numpy as np
+
     raw = series["values"]
     steps = np.empty(len(raw), dtype=np.int64)
     vals = np.empty(len(raw), dtype=np.float64)
