@@ -3,7 +3,7 @@
 Each fault removes one piece of "everything that determines the future" from the checkpoint
 round trip, the way a real regression would. A resume test that is worth anything must turn
 FAILED for every one of them, naming the metric and the first step that differs; the tests in
-tests/test_gpt_kind.py check exactly that. Not for production specs: the default is no fault.
+tests/workloads/test_gpt_kind.py check exactly that. Not for production specs: the default is no fault.
 
 - ``rng_not_saved``: the per-rank RNG states are left out of the checkpoint, so the resumed
   run draws different dropout masks;
@@ -13,9 +13,10 @@ tests/test_gpt_kind.py check exactly that. Not for production specs: the default
   left out, so the resumed run restarts Adam from its initial state;
 - ``lr_scheduler_not_restored``: the scheduler state is saved but not applied on load, so the
   resumed run restarts the warmup;
-- ``slow_step_2x`` (any test type): every transformer layer runs its forward and backward twice
-  (the second result times zero), so the step does about twice the compute with unchanged
-  numerics: the negative control of the load-proof ``timing`` check.
+- ``slow_step_2x`` / ``slow_step_4x`` (any test type): every transformer layer runs its forward
+  and backward two / four times (the extra results times zero), so the step does about that
+  many times the layer compute with unchanged numerics; ``slow_step_4x`` is the negative
+  control of the load-proof ``timing`` check (bound 2x), ``slow_step_2x`` a measurement.
 
 Faults of the overlap and async-save machinery (negative controls of the debug modes):
 
@@ -39,7 +40,7 @@ from typing import Any, Mapping
 #: faults of what a checkpoint carries: they only show in a ckpt-resume test
 RESUME_FAULTS = ("rng_not_saved", "data_position_not_saved", "optimizer_state_not_saved", "lr_scheduler_not_restored")
 #: faults that are not about checkpoints (any test type)
-STEP_FAULTS = ("slow_step_2x", "skip_param_gather_wait", "crash_during_async_save",
+STEP_FAULTS = ("slow_step_2x", "slow_step_4x", "skip_param_gather_wait", "crash_during_async_save",
                "early_marker_crash_during_async_save")
 FAULTS = RESUME_FAULTS + STEP_FAULTS
 
@@ -76,8 +77,9 @@ class Fault:
         return {k: v for k, v in state.items() if k != drop and not k.startswith(drop + ".")}
 
     @property
-    def doubles_compute(self) -> bool:
-        return self.name == "slow_step_2x"
+    def compute_repeats(self) -> int:
+        """How many times each transformer layer computes (1: normally)."""
+        return {"slow_step_2x": 2, "slow_step_4x": 4}.get(self.name or "", 1)
 
     @property
     def restore_scheduler(self) -> bool:

@@ -136,8 +136,9 @@ class Trainer:
         self.saved: list[int] = []
         self.pending_save: SaveRequest | None = None
         self.timings: dict[str, Any] = {}
-        if opts.fault.doubles_compute:
-            timing.double_compute(m for c in self.chunks for m in c.modules() if isinstance(m, TransformerLayer))
+        if opts.fault.compute_repeats > 1:
+            timing.repeat_compute((m for c in self.chunks for m in c.modules() if isinstance(m, TransformerLayer)),
+                                  opts.fault.compute_repeats)
 
     def _samples(self) -> GPTSamples:
         """The run's samples; every rank reads (first stage needs tokens, last stage labels;

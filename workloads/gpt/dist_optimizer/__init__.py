@@ -26,7 +26,7 @@ Why it is built this way (Megatron's ``ParamAndGradBuffer`` + ``DistributedOptim
   stages finish backward at different times.
 
 Overlap never changes the numbers: the same collectives run on the same buffers in the same
-order, only at a different time; ``tests/test_gpt_dist_optimizer.py`` checks that bitwise.
+order, only at a different time; ``tests/workloads/test_gpt_dist_optimizer.py`` checks that bitwise.
 
 Strict param gather (a debug mode, on by default without CUDA): on gloo an asynchronous
 all-gather has usually finished by the time anybody looks, so a forward that forgets to wait
