@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 from runner.cli.codes import EXIT_NO_TESTS, EXIT_OK
@@ -52,6 +53,9 @@ def find_case(cases: Sequence[Case], wanted: str) -> Case:
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
+    file_part = ns.case.split("::", 1)[0] if "::" in ns.case else ""
+    if file_part and not getattr(ns, "paths", None) and Path(file_part).exists():
+        ns.paths = [file_part]      # an id names its file: collect that one (it may lie outside specs/)
     session = make_session(ns)
     session.options.allow_missing_golden = True
     case = find_case(session.collect(), ns.case)

@@ -2,27 +2,22 @@
 the shared folder beside the repository), and the built-in workload's Megatron command line."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from paths import MEGATRON_CASES
 
 from runner.cli import main
 from workloads.gpt.megatron_args import (MAPPED, PATHS, WITHOUT_EFFECT, MegatronArgError, UnsupportedArgs,
                                          model_args_to_argv, parse)
 
 ROOT = Path(__file__).resolve().parents[2]
-# Megatron's cases live in the shared folder beside the clone (<repo>/../shared; a git worktree
-# one level deeper: <repo>/../../shared); RUNNER_SHARED_DIR overrides
-_SHARED = [Path(os.environ["RUNNER_SHARED_DIR"])] if os.environ.get("RUNNER_SHARED_DIR") else \
-    [ROOT.parent / "shared", ROOT.parent.parent / "shared"]
-CASES = next((p / "megatron" / "test_cases" for p in _SHARED if (p / "megatron" / "test_cases").is_dir()),
-             _SHARED[0] / "megatron" / "test_cases")
-GPT = CASES / "gpt"
+GPT = MEGATRON_CASES
+CASES = GPT.parent
 OVERLAY = ROOT / "specs" / "megatron" / "cpu-overlay.yaml"
-needs_shared = pytest.mark.skipif(not GPT.is_dir(), reason=f"Megatron's test cases not found at {GPT}")
+needs_shared = pytest.mark.usefixtures("megatron_cases")     # fails, naming the folder, when it is missing
 
 
 @needs_shared
@@ -77,6 +72,13 @@ def test_list_and_validate_show_every_case_with_its_test_type(capsys) -> None:
     assert main(["list", str(GPT), "--overlay", str(OVERLAY)]) == 0
     assert "SKIPPED" not in capsys.readouterr().out
     assert main(["validate", str(GPT), "--platform", "dgx_a100"]) == 0
+    capsys.readouterr()
+    # `runner show` takes the id `runner list` printed, wherever the case folder lies
+    assert main(["list", str(GPT), "--overlay", str(OVERLAY)]) == 0
+    case_id = capsys.readouterr().out.splitlines()[0].split()[0]
+    assert main(["show", case_id, "--overlay", str(OVERLAY)]) == 0
+    shown = capsys.readouterr().out
+    assert f'"id": "{case_id}"' in shown and "# launch 'run1'" in shown
 
 
 @needs_shared
