@@ -87,3 +87,36 @@ def test_dense_model_chunk_plan_skips_the_final_layernorm(report) -> None:
     case = report["finding_dense_chunk_skips_final_layernorm"]
     assert case["verdict"] == "FAILED", case["detail"]
     assert "decoder.final_layernorm.weight" in case["detail"], case["detail"]
+
+
+@pytest.mark.slow
+def test_the_megatron_suite_passes_in_warm_pools(tmp_path) -> None:
+    """specs/megatron/ as users run it: poolable cases share started ranks, so megatron-core's
+    process-wide state (the MoE aux-loss tracker sized by the first model, the aux-loss
+    backward scale) must not leak from one case into the next."""
+    out = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "runner", "run", "specs/megatron/", "--no-history",
+                           "--results-dir", str(tmp_path / "res"), "--json", str(out), "--platform", "cpu"],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=1500)
+    cases = json.loads(out.read_text())["cases"]
+    assert proc.returncode == 0, [(c["name"], c["verdict"], c["detail"][:300]) for c in cases if c["verdict"] != "PASSED"]
+    assert len(cases) >= 15 and {c["verdict"] for c in cases} == {"PASSED"}
+    pools = sorted(p.name for p in (tmp_path / "res" / ".pools").iterdir())
+    assert 1 <= len(pools) < len(cases), pools        # cases did share warm ranks
+
+
+def test_reset_process_state_forgets_what_a_previous_model_left() -> None:
+    import torch
+    from megatron.core.transformer.moe import moe_utils
+
+    from workloads.megatron.session import reset_process_state
+
+    moe_utils.MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(1.0))          # a case's scale, shape []
+    moe_utils.get_moe_layer_wise_logging_tracker()["load_balancing_loss"] = {"values": torch.zeros(1)}
+    reset_process_state()
+    assert moe_utils.MoEAuxLossAutoScaler.main_loss_backward_scale is None
+    assert moe_utils.get_moe_layer_wise_logging_tracker() == {}
+    moe_utils.MoEAuxLossAutoScaler.set_loss_scale(torch.ones(1))               # the next case's, shape [1]
+    assert moe_utils.MoEAuxLossAutoScaler.main_loss_backward_scale.shape == (1,)
+    reset_process_state()

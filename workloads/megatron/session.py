@@ -21,11 +21,25 @@ def megatron(ctx: Any) -> Iterator[CompatReport]:
         raise Skip(str(exc)) from None
 
 
+def reset_process_state() -> None:
+    """Forget the process-wide state megatron-core keeps beyond a model, so that a case in a warm
+    pool starts as on fresh ranks: the MoE aux-loss tracker (its tensors are sized by the first
+    model's layer count: a later model with more layers indexes past them) and the aux-loss
+    backward scale (a class attribute, set once and then copied into: a later scale of another
+    shape fails)."""
+    from megatron.core.transformer.moe import moe_utils
+
+    moe_utils.get_moe_layer_wise_logging_tracker().clear()
+    moe_utils.MoEAuxLossAutoScaler.main_loss_backward_scale = None
+
+
 def init_parallel(ctx: Any, *, tp: int = 1, pp: int = 1, vpp: int | None = None, ep: int = 1) -> None:
-    """(Re)initialise megatron-core's model-parallel groups on the default (gloo) group."""
+    """(Re)initialise megatron-core's model-parallel groups on the default (gloo) group, from a
+    clean process-wide state (:func:`reset_process_state`)."""
     from megatron.core import parallel_state
 
     ctx.init_distributed()
+    reset_process_state()
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
